@@ -1,0 +1,123 @@
+//! One module per subcommand; each loads what it needs and returns an exit code.
+
+pub mod dag;
+pub mod gc;
+pub mod init;
+pub mod metrics;
+pub mod releases;
+pub mod runs;
+pub mod status;
+pub mod transfer;
+
+use crate::build::{self, BuildOptions};
+use crate::cli::BuildArgs;
+use crate::error::{exit, invalid};
+use crate::graph::{LoadOptions, Pipeline};
+use crate::report::{Reporter, Tone};
+use anyhow::Result;
+use std::path::PathBuf;
+
+pub struct Ctx {
+    pub file: Option<PathBuf>,
+    pub verbose: u8,
+}
+
+impl Ctx {
+    /// The pipeline file and the name errors use for it.
+    pub fn pipeline_file(&self) -> (PathBuf, String) {
+        match &self.file {
+            Some(f) => (f.clone(), f.display().to_string()),
+            None => (PathBuf::from("Pipeline.toml"), "Pipeline.toml".to_string()),
+        }
+    }
+
+    pub fn load(&self, sets: &[String]) -> Result<Pipeline> {
+        let (file, display) = self.pipeline_file();
+        if !file.exists() {
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
+            return Err(invalid(format!(
+                "no {display} in {cwd}; run `pipe init` to create one, or pass -C DIR / -f FILE"
+            )));
+        }
+        let mut opts = LoadOptions::default();
+        for s in sets {
+            opts.overrides
+                .push(crate::params::parse_set(s).map_err(invalid)?);
+        }
+        Pipeline::load(&file, display, &opts)
+    }
+}
+
+pub fn validate(ctx: &Ctx, rep: &Reporter) -> Result<i32> {
+    let p = ctx.load(&[])?;
+    let edges: usize = p.stages.iter().map(|s| s.upstream.len()).sum();
+    rep.status(
+        "Valid",
+        Tone::Good,
+        &format!(
+            "{}: {} stages, {edges} edges",
+            p.source.display,
+            p.stages.len()
+        ),
+    );
+    Ok(exit::OK)
+}
+
+pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
+    let p = ctx.load(&a.set)?;
+    for g in &a.override_gate {
+        if !p
+            .stages
+            .iter()
+            .any(|s| s.gate.as_ref().is_some_and(|x| &x.name == g))
+        {
+            let names = p
+                .stages
+                .iter()
+                .filter_map(|s| s.gate.as_ref().map(|x| x.name.as_str()));
+            let hint = crate::error::suggest(g, names)
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(invalid(format!(
+                "--override-gate {g}: no gate named `{g}`{hint}"
+            )));
+        }
+    }
+    build::install_signal_handlers();
+    let opts = BuildOptions {
+        targets: a.stages.clone(),
+        jobs: a.jobs.map(|j| j as usize),
+        keep_going: a.keep_going,
+        force: a.force,
+        force_all: a.force_all,
+        downstream: a.downstream,
+        use_cache: !a.no_cache,
+        dry_run: a.dry_run,
+        override_gates: a.override_gate.clone(),
+        pull: a.pull,
+        push: a.push,
+        wait: !a.no_wait,
+        command: std::env::args().collect(),
+    };
+    let summary = build::build(&p, &opts, rep)?;
+    if a.json {
+        let stages: Vec<serde_json::Value> = summary
+            .stages
+            .iter()
+            .map(|(name, r)| {
+                serde_json::json!({
+                    "name": name, "status": r.status, "reasons": r.reasons, "duration_s": r.duration_s,
+                    "attempts": r.attempts, "exit_code": r.exit_code, "error": r.error,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "run_id": summary.run_id, "status": summary.status, "exit_code": summary.exit_code,
+            "duration_s": summary.duration_s, "stages": stages,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(summary.exit_code)
+}

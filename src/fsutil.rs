@@ -1,0 +1,200 @@
+//! File-system helpers: atomic writes, workspace-relative path checks, the `.pipe/` layout.
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Write `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".pipe-tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+/// Normalise a workspace-relative path as written by a user: strips `./`, doubled and
+/// trailing slashes; refuses absolute paths and `..`. Returns the path and whether it
+/// ended in `/` (declared as a folder).
+pub fn normalize_rel(raw: &str) -> std::result::Result<(String, bool), String> {
+    if raw.trim().is_empty() {
+        return Err("empty path".into());
+    }
+    if raw.starts_with('/') || raw.starts_with('~') {
+        return Err(format!(
+            "`{raw}` is outside the workspace (absolute paths are not allowed)"
+        ));
+    }
+    let is_dir = raw.ends_with('/');
+    let mut parts = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(format!(
+                    "`{raw}` is outside the workspace (`..` is not allowed)"
+                ));
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("`{raw}` names the workspace root itself"));
+    }
+    if parts[0] == ".pipe" || parts[0] == ".git" {
+        return Err(format!(
+            "`{raw}` is inside `{}`, which pipe manages",
+            parts[0]
+        ));
+    }
+    Ok((parts.join("/"), is_dir))
+}
+
+/// True when `inner` is `outer` or lies inside the folder `outer` (both normalised).
+pub fn is_within(inner: &str, outer: &str) -> bool {
+    inner == outer
+        || (inner.len() > outer.len()
+            && inner.starts_with(outer)
+            && inner.as_bytes()[outer.len()] == b'/')
+}
+
+/// Whether a dep string is a glob pattern.
+pub fn is_glob(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{'])
+}
+
+/// The literal folder prefix of a glob (`data/raw/**/*.json` → `data/raw`).
+pub fn glob_base(pattern: &str) -> String {
+    let mut base = Vec::new();
+    for part in pattern.split('/') {
+        if is_glob(part) {
+            break;
+        }
+        base.push(part);
+    }
+    base.join("/")
+}
+
+/// The `.pipe/` layout of one workspace.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub dot: PathBuf,
+    pub cache: PathBuf,
+    pub runs: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path, cache_dir: Option<&str>, runs_dir: Option<&str>) -> Layout {
+        let dot = root.join(".pipe");
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                root.join(p)
+            }
+        };
+        let cache = std::env::var("PIPE_CACHE_DIR")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|s| resolve(&s))
+            .or_else(|| cache_dir.map(resolve))
+            .unwrap_or_else(|| dot.join("cache"));
+        let runs = runs_dir.map(resolve).unwrap_or_else(|| dot.join("runs"));
+        Layout {
+            root: root.to_path_buf(),
+            dot,
+            cache,
+            runs,
+        }
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dot.join("state")
+    }
+    pub fn stat_cache(&self) -> PathBuf {
+        self.state().join("stat.bin")
+    }
+    pub fn running_marker(&self, stage: &str) -> PathBuf {
+        self.state().join("running").join(marker_name(stage))
+    }
+    pub fn running_dir(&self) -> PathBuf {
+        self.state().join("running")
+    }
+    pub fn build_lock(&self) -> PathBuf {
+        self.dot.join("build.lock")
+    }
+    pub fn releases(&self) -> PathBuf {
+        self.dot.join("releases")
+    }
+    pub fn lockfile(&self) -> PathBuf {
+        self.root.join("Pipeline.lock")
+    }
+}
+
+/// A file-name-safe form of a stage name (matrix names hold `@`, `=` and `,`).
+pub fn marker_name(stage: &str) -> String {
+    stage
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@=,".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Remove a file, symlink or folder if it exists.
+pub fn remove_path(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)
+            .with_context(|| format!("cannot remove folder {}", path.display())),
+        Ok(_) => {
+            std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+}
+
+/// Now, as RFC 3339 UTC with second precision.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_and_refuses_escapes() {
+        assert_eq!(
+            normalize_rel("./data//x/").unwrap(),
+            ("data/x".into(), true)
+        );
+        assert!(normalize_rel("../x").is_err());
+        assert!(normalize_rel("/etc/passwd").is_err());
+        assert!(normalize_rel("a/../../b").is_err());
+        assert!(normalize_rel(".pipe/cache").is_err());
+    }
+
+    #[test]
+    fn within_is_component_wise() {
+        assert!(is_within("data/a", "data"));
+        assert!(is_within("data", "data"));
+        assert!(!is_within("database", "data"));
+        assert_eq!(glob_base("data/raw/**/*.json"), "data/raw");
+        assert_eq!(glob_base("*.txt"), "");
+    }
+}

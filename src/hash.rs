@@ -1,0 +1,242 @@
+//! Content hashes of files, folders and globs: blake3, parallel over files (rayon), big
+//! files with blake3's multi-threaded mmap mode, unchanged files answered by the stat cache.
+
+use crate::graph::Dep;
+use crate::state::{Stat, StatCache};
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Files at least this big are hashed with blake3's multi-threaded mmap mode.
+const BIG_FILE: u64 = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHash {
+    pub digest: blake3::Hash,
+    pub size: u64,
+    pub mode: u32,
+}
+
+/// One file inside a folder or glob, relative to that folder (or the workspace for globs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub rel: String,
+    pub hash: FileHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathHash {
+    Missing,
+    File(FileHash),
+    Dir {
+        digest: blake3::Hash,
+        entries: Vec<Entry>,
+    },
+}
+
+impl PathHash {
+    /// The digest text recorded in the lock (`missing` when absent).
+    pub fn text(&self) -> String {
+        match self {
+            PathHash::Missing => "missing".into(),
+            PathHash::File(f) => f.digest.to_hex().to_string(),
+            PathHash::Dir { digest, .. } => digest.to_hex().to_string(),
+        }
+    }
+    pub fn size(&self) -> u64 {
+        match self {
+            PathHash::Missing => 0,
+            PathHash::File(f) => f.size,
+            PathHash::Dir { entries, .. } => entries.iter().map(|e| e.hash.size).sum(),
+        }
+    }
+}
+
+/// The digest of a folder: over its sorted (relative path, digest) list.
+pub fn dir_digest(entries: &[Entry]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new();
+    for e in entries {
+        h.update(e.rel.as_bytes());
+        h.update(b"\0");
+        h.update(e.hash.digest.as_bytes());
+        h.update(if e.hash.mode & 0o111 != 0 {
+            b"x\n"
+        } else {
+            b"-\n"
+        });
+    }
+    h.finalize()
+}
+
+pub struct Hasher<'a> {
+    pub root: PathBuf,
+    pub stat: &'a StatCache,
+    /// Files actually read (not answered by the stat cache): shown with `-v`.
+    pub files_read: AtomicU64,
+    pub bytes_read: AtomicU64,
+}
+
+fn skip_name(name: &std::ffi::OsStr) -> bool {
+    name == ".git" || name == ".pipe"
+}
+
+impl<'a> Hasher<'a> {
+    pub fn new(root: &Path, stat: &'a StatCache) -> Hasher<'a> {
+        Hasher {
+            root: root.to_path_buf(),
+            stat,
+            files_read: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+        }
+    }
+
+    /// Hash a file given its workspace-relative path and metadata.
+    fn file_with(&self, rel: &str, meta: &std::fs::Metadata) -> Result<FileHash> {
+        let stat = Stat::of(meta);
+        if let Some(d) = self.stat.get(rel, &stat) {
+            return Ok(FileHash {
+                digest: d,
+                size: stat.size,
+                mode: stat.mode,
+            });
+        }
+        let path = self.root.join(rel);
+        let digest = hash_file_contents(&path, stat.size)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        self.files_read.fetch_add(1, Ordering::Relaxed);
+        self.bytes_read.fetch_add(stat.size, Ordering::Relaxed);
+        // Re-stat: a file changed while we read it must not be cached under the old stat.
+        if let Ok(after) = std::fs::metadata(&path)
+            && Stat::of(&after) == stat
+        {
+            self.stat.put(rel, stat, digest);
+        }
+        Ok(FileHash {
+            digest,
+            size: stat.size,
+            mode: stat.mode,
+        })
+    }
+
+    /// Hash a workspace-relative path: a file, a folder (recursively) or nothing.
+    pub fn path(&self, rel: &str) -> Result<PathHash> {
+        let full = self.root.join(rel);
+        let meta = match std::fs::metadata(&full) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PathHash::Missing),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
+        };
+        if meta.is_dir() {
+            let files = self.walk(rel, None)?;
+            self.files(files, rel)
+        } else {
+            Ok(PathHash::File(self.file_with(rel, &meta)?))
+        }
+    }
+
+    /// Hash a dep: a path or a glob (the sorted list of matching files).
+    pub fn dep(&self, dep: &Dep) -> Result<PathHash> {
+        match &dep.glob {
+            None => self.path(&dep.path),
+            Some(g) => {
+                let base = crate::fsutil::glob_base(&dep.path);
+                let full = if base.is_empty() {
+                    self.root.clone()
+                } else {
+                    self.root.join(&base)
+                };
+                if !full.is_dir() {
+                    return Ok(PathHash::Dir {
+                        digest: dir_digest(&[]),
+                        entries: vec![],
+                    });
+                }
+                let files = self.walk(&base, Some(g))?;
+                self.files(files, "")
+            }
+        }
+    }
+
+    /// Files under a workspace-relative folder (never `.git` or `.pipe`), optionally filtered
+    /// by a glob over workspace-relative paths.
+    fn walk(
+        &self,
+        rel_dir: &str,
+        glob: Option<&globset::GlobMatcher>,
+    ) -> Result<Vec<(String, std::fs::Metadata)>> {
+        let dir = if rel_dir.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel_dir)
+        };
+        let mut paths = Vec::new();
+        let walker = walkdir::WalkDir::new(&dir)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter();
+        for entry in walker.filter_entry(|e| e.depth() == 0 || !skip_name(e.file_name())) {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            if entry.file_type().is_dir() {
+                continue;
+            }
+            let rel = entry
+                .path()
+                .strip_prefix(&self.root)
+                .unwrap_or(entry.path())
+                .to_string_lossy()
+                .into_owned();
+            if let Some(g) = glob
+                && !g.is_match(&rel)
+            {
+                continue;
+            }
+            paths.push(rel);
+        }
+        paths
+            .into_par_iter()
+            .map(|rel| {
+                let full = self.root.join(&rel);
+                let meta = std::fs::metadata(&full)
+                    .with_context(|| format!("cannot read {}", full.display()))?;
+                Ok((rel, meta))
+            })
+            .filter(|r| !matches!(r, Ok((_, m)) if !m.is_file()))
+            .collect()
+    }
+
+    /// Hash listed files in parallel into a folder hash, paths made relative to `strip`.
+    fn files(&self, files: Vec<(String, std::fs::Metadata)>, strip: &str) -> Result<PathHash> {
+        let mut entries: Vec<Entry> = files
+            .par_iter()
+            .map(|(rel, meta)| {
+                let hash = self.file_with(rel, meta)?;
+                let short = if strip.is_empty() {
+                    rel.clone()
+                } else {
+                    rel[strip.len() + 1..].to_string()
+                };
+                Ok(Entry { rel: short, hash })
+            })
+            .collect::<Result<_>>()?;
+        entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+        Ok(PathHash::Dir {
+            digest: dir_digest(&entries),
+            entries,
+        })
+    }
+}
+
+/// blake3 of a file's bytes; big files through mmap on all cores.
+pub fn hash_file_contents(path: &Path, size: u64) -> std::io::Result<blake3::Hash> {
+    if size >= BIG_FILE {
+        let mut h = blake3::Hasher::new();
+        h.update_mmap_rayon(path)?;
+        return Ok(h.finalize());
+    }
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(size as usize + 1);
+    f.read_to_end(&mut buf)?;
+    Ok(blake3::hash(&buf))
+}

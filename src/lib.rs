@@ -1,0 +1,58 @@
+//! pipe: a declarative, content-hashed build tool for ML pipelines.
+//!
+//! The flow: `Pipeline.toml` → [`spec`] (raw) → [`graph`] (validated) → [`hash`] +
+//! [`state`] (fingerprints) → [`plan`] (verdicts with reasons) → [`build`] (scheduler and
+//! [`runner`]) → [`cache`], [`lockfile`], [`record`], [`gate`] → [`report`].
+
+pub mod build;
+pub mod cache;
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod fsutil;
+pub mod gate;
+pub mod graph;
+pub mod hash;
+pub mod lockfile;
+pub mod params;
+pub mod plan;
+pub mod record;
+pub mod remote;
+pub mod report;
+pub mod runner;
+pub mod slurm;
+pub mod source;
+pub mod spec;
+pub mod state;
+pub mod wslock;
+
+use cli::{Cli, Command};
+
+/// Run one command line; returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Some(dir) = &cli.dir {
+        std::env::set_current_dir(dir)
+            .map_err(|e| error::invalid(format!("-C {}: {e}", dir.display())))?;
+    }
+    let mut rep = report::Reporter::new(cli.quiet, cli.verbose > 0, cli.color);
+    let ctx = commands::Ctx {
+        file: cli.file.clone(),
+        verbose: cli.verbose,
+    };
+    match cli.command {
+        Command::Init => commands::init::run(&ctx, &rep),
+        Command::Validate => commands::validate(&ctx, &rep),
+        Command::Status(a) => commands::status::run(&ctx, &rep, &a),
+        Command::Build(a) => commands::build_cmd(&ctx, &mut rep, &a),
+        Command::Dag(a) => commands::dag::run(&ctx, &a),
+        Command::Runs(a) => commands::runs::runs(&ctx, &rep, &a),
+        Command::Log(a) => commands::runs::log(&ctx, &a),
+        Command::Gc(a) => commands::gc::run(&ctx, &rep, &a),
+        Command::Metrics(a) => commands::metrics::metrics(&ctx, &a),
+        Command::Params(a) => commands::metrics::params(&ctx, &a),
+        Command::Releases(a) => commands::releases::list(&ctx, &a),
+        Command::Rollback(a) => commands::releases::rollback(&ctx, &rep, &a),
+        Command::Push(a) => commands::transfer::push(&ctx, &rep, &a),
+        Command::Pull(a) => commands::transfer::pull(&ctx, &rep, &a),
+    }
+}

@@ -1,0 +1,214 @@
+//! `Pipeline.lock`: what each stage last ran with. Versioned, sorted, byte-deterministic,
+//! written atomically.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use toml_edit::{DocumentMut, InlineTable, Item, Table, value};
+
+pub const VERSION: i64 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutRecord {
+    pub hash: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dir: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct LockEntry {
+    pub fingerprint: String,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub wdir: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+    /// env name → blake3 of its value (values may be secrets).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub deps: BTreeMap<String, String>,
+    #[serde(default)]
+    pub outs: BTreeMap<String, OutRecord>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LockFile {
+    pub stages: BTreeMap<String, LockEntry>,
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    version: Option<i64>,
+    #[serde(default)]
+    stages: BTreeMap<String, LockEntry>,
+}
+
+impl LockFile {
+    pub fn load(path: &Path) -> Result<LockFile> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Self::parse(&text).map_err(|e| crate::error::invalid(format!("{}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> std::result::Result<LockFile, String> {
+        let raw: Raw =
+            toml::from_str(text).map_err(|e| format!("not a valid lock file: {}", e.message()))?;
+        match raw.version {
+            Some(VERSION) => Ok(LockFile { stages: raw.stages }),
+            Some(v) => Err(format!(
+                "lock file format version {v} is not supported by this pipe (it reads version {VERSION}); upgrade pipe"
+            )),
+            None => Err("lock file has no `version`; delete it to start afresh".into()),
+        }
+    }
+
+    /// The deterministic TOML text: stages sorted by name, keys in a fixed order.
+    pub fn render(&self) -> String {
+        let mut doc = DocumentMut::new();
+        doc["version"] = value(VERSION);
+        let mut stages = Table::new();
+        stages.set_implicit(true);
+        for (name, e) in &self.stages {
+            let mut t = Table::new();
+            t["fingerprint"] = value(&e.fingerprint);
+            if e.cmd.len() == 1 {
+                t["cmd"] = value(&e.cmd[0]);
+            } else {
+                let mut arr = toml_edit::Array::new();
+                for c in &e.cmd {
+                    arr.push(c.as_str());
+                }
+                t["cmd"] = value(arr);
+            }
+            if let Some(w) = &e.wdir {
+                t["wdir"] = value(w);
+            }
+            let sub = |map: &mut dyn Iterator<Item = (String, toml_edit::Value)>| {
+                let mut st = Table::new();
+                for (k, v) in map {
+                    st.insert(&k, Item::Value(v));
+                }
+                st
+            };
+            if !e.params.is_empty() {
+                t["params"] = Item::Table(sub(&mut e
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_edit(v)))));
+            }
+            if !e.env.is_empty() {
+                t["env"] = Item::Table(sub(&mut e
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().into()))));
+            }
+            if !e.deps.is_empty() {
+                t["deps"] = Item::Table(sub(&mut e
+                    .deps
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().into()))));
+            }
+            if !e.outs.is_empty() {
+                t["outs"] = Item::Table(sub(&mut e.outs.iter().map(|(k, o)| {
+                    let mut it = InlineTable::new();
+                    it.insert("hash", o.hash.as_str().into());
+                    it.insert("size", (o.size as i64).into());
+                    if o.dir {
+                        it.insert("dir", true.into());
+                    }
+                    (k.clone(), toml_edit::Value::InlineTable(it))
+                })));
+            }
+            stages.insert(name, Item::Table(t));
+        }
+        doc["stages"] = Item::Table(stages);
+        doc.to_string()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::fsutil::atomic_write(path, self.render().as_bytes())
+    }
+}
+
+/// `cmd` is written as a string when it is one command, as a list otherwise.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn to_edit(v: &toml::Value) -> toml_edit::Value {
+    match v {
+        toml::Value::String(s) => s.as_str().into(),
+        toml::Value::Integer(i) => (*i).into(),
+        toml::Value::Float(f) => (*f).into(),
+        toml::Value::Boolean(b) => (*b).into(),
+        toml::Value::Datetime(d) => d.to_string().into(),
+        toml::Value::Array(a) => toml_edit::Value::Array(a.iter().map(to_edit).collect()),
+        toml::Value::Table(t) => {
+            let mut it = InlineTable::new();
+            for (k, v) in t {
+                it.insert(k, to_edit(v));
+            }
+            toml_edit::Value::InlineTable(it)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_is_deterministic() {
+        let mut lf = LockFile::default();
+        let mut e = LockEntry {
+            fingerprint: "f".into(),
+            cmd: vec!["echo hi".into()],
+            ..Default::default()
+        };
+        e.params
+            .insert("train.lr".into(), toml::Value::Float(0.001));
+        e.deps.insert("a.txt".into(), "h1".into());
+        e.outs.insert(
+            "out/x".into(),
+            OutRecord {
+                hash: "h2".into(),
+                size: 3,
+                dir: true,
+            },
+        );
+        lf.stages.insert("b".into(), e.clone());
+        lf.stages.insert("a".into(), e);
+        let text = lf.render();
+        assert!(text.starts_with("version = 1\n"), "{text}");
+        assert!(text.find("[stages.a]").unwrap() < text.find("[stages.b]").unwrap());
+        assert_eq!(LockFile::parse(&text).unwrap(), lf);
+        assert_eq!(LockFile::parse(&text).unwrap().render(), text);
+    }
+
+    #[test]
+    fn refuses_unknown_versions() {
+        assert!(
+            LockFile::parse("version = 9\n")
+                .unwrap_err()
+                .contains("version 9")
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Params: `[params]` tables, `--set` overrides, `${params.…}` / `${matrix.…}` substitution.
+
+use std::collections::BTreeMap;
+
+/// Parse `KEY=VALUE` from `--set`; the value is read as a TOML value, else taken as a string.
+pub fn parse_set(s: &str) -> Result<(String, toml::Value), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`--set {s}`: expected KEY=VALUE, e.g. `--set train.lr=0.01`"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("`--set {s}`: the key is empty"));
+    }
+    let value = value.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    Ok((key.to_string(), parsed))
+}
+
+/// Look a dotted key up in a params table.
+pub fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let mut parts = key.split('.');
+    let mut cur = table.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_table()?.get(p)?;
+    }
+    Some(cur)
+}
+
+/// Set a dotted key that already exists (overrides never invent keys: a typo must not pass).
+pub fn set_existing(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for (i, p) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return match cur.get_mut(*p) {
+                Some(slot) => {
+                    *slot = value;
+                    Ok(())
+                }
+                None => Err(unknown_key_msg(key, cur)),
+            };
+        }
+        cur = match cur.get_mut(*p) {
+            Some(toml::Value::Table(t)) => t,
+            _ => {
+                return Err(format!(
+                    "unknown param `{key}`: `{}` is not a table of params",
+                    parts[..=i].join(".")
+                ));
+            }
+        };
+    }
+    Ok(())
+}
+
+fn unknown_key_msg(key: &str, table: &toml::Table) -> String {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let hint = crate::error::suggest(last, table.keys().map(String::as_str))
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default();
+    format!("unknown param `{key}`{hint}")
+}
+
+/// All known dotted keys, tables included, for suggestions.
+pub fn all_keys(table: &toml::Table) -> Vec<String> {
+    fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            out.push(key.clone());
+            if let toml::Value::Table(sub) = v {
+                walk(&key, sub, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", table, &mut out);
+    out
+}
+
+/// The text a value takes inside a command: strings bare, everything else as TOML.
+pub fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The leaf values under a key (a table key yields every value beneath it).
+pub fn leaves(table: &toml::Table, key: &str) -> Option<BTreeMap<String, toml::Value>> {
+    let v = lookup(table, key)?;
+    let mut out = BTreeMap::new();
+    match v {
+        toml::Value::Table(t) => {
+            for (k, leaf) in crate::spec::flatten_params(t) {
+                out.insert(format!("{key}.{k}"), leaf);
+            }
+        }
+        other => {
+            out.insert(key.to_string(), other.clone());
+        }
+    }
+    Some(out)
+}
+
+/// `PIPE_PARAM_TRAIN_LR` for `train.lr`.
+pub fn env_name(key: &str) -> String {
+    let mut s = String::from("PIPE_PARAM_");
+    for c in key.chars() {
+        s.push(if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        });
+    }
+    s
+}
+
+/// The `${ns.key}` references in a text, for the namespaces pipe owns (`params`, `matrix`,
+/// `item`, `key`); any other `${…}` (a shell variable) is left alone.
+pub fn references(text: &str) -> Vec<(String, String)> {
+    let mut refs = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        let inner = &after[..end];
+        let (ns, key) = inner.split_once('.').unwrap_or((inner, ""));
+        if matches!(ns, "params" | "matrix" | "item" | "key") {
+            refs.push((ns.to_string(), key.to_string()));
+        }
+        rest = &after[end + 1..];
+    }
+    refs
+}
+
+/// Replace the references pipe owns using `resolve(ns, key)`; shell `${VAR}` stays as is.
+pub fn substitute(
+    text: &str,
+    mut resolve: impl FnMut(&str, &str) -> Result<String, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let inner = &after[..end];
+        let (ns, key) = inner.split_once('.').unwrap_or((inner, ""));
+        if matches!(ns, "params" | "matrix" | "item" | "key") {
+            out.push_str(&resolve(ns, key)?);
+        } else {
+            out.push_str(&rest[start..start + 2 + end + 1]);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_values_parse_as_toml_or_string() {
+        assert_eq!(
+            parse_set("train.lr=0.01").unwrap().1,
+            toml::Value::Float(0.01)
+        );
+        assert_eq!(
+            parse_set("board=hex8").unwrap().1,
+            toml::Value::String("hex8".into())
+        );
+        assert_eq!(parse_set("n=3").unwrap().1, toml::Value::Integer(3));
+        assert!(parse_set("nokey").is_err());
+    }
+
+    #[test]
+    fn substitution_leaves_shell_variables() {
+        let s = substitute("echo ${params.a} ${HOME} $X ${matrix.b}", |ns, k| {
+            Ok(format!("<{ns}:{k}>"))
+        })
+        .unwrap();
+        assert_eq!(s, "echo <params:a> ${HOME} $X <matrix:b>");
+        assert_eq!(
+            references("${params.train.lr} ${PATH}"),
+            vec![("params".into(), "train.lr".into())]
+        );
+    }
+
+    #[test]
+    fn overrides_refuse_unknown_keys() {
+        let mut t: toml::Table = toml::from_str("[train]\nlr = 0.1\n").unwrap();
+        set_existing(&mut t, "train.lr", toml::Value::Float(0.2)).unwrap();
+        assert_eq!(lookup(&t, "train.lr"), Some(&toml::Value::Float(0.2)));
+        let e = set_existing(&mut t, "train.lrr", toml::Value::Float(0.2)).unwrap_err();
+        assert!(e.contains("did you mean `lr`"), "{e}");
+        assert_eq!(env_name("train.lr"), "PIPE_PARAM_TRAIN_LR");
+    }
+}
