@@ -306,3 +306,55 @@ fn sibling_tmp(dest: &Path) -> PathBuf {
         .unwrap_or_default();
     dest.with_file_name(format!(".{name}.pipe-restore-{}", unique()))
 }
+
+impl Tree {
+    /// The digest this tree must be stored under (the folder digest of its entries).
+    pub fn digest(&self) -> Option<String> {
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in &self.entries {
+            let digest = blake3::Hash::from_hex(&e.hash).ok()?;
+            entries.push(hash::Entry {
+                rel: e.path.clone(),
+                hash: hash::FileHash {
+                    digest,
+                    size: e.size,
+                    mode: e.mode,
+                },
+            });
+        }
+        Some(hash::dir_digest(&entries).to_hex().to_string())
+    }
+}
+
+impl Cache {
+    /// Every run-cache entry in the local cache.
+    pub fn all_runs(&self) -> Vec<RunEntry> {
+        let Ok(rd) = std::fs::read_dir(self.dir.join("runs")) else {
+            return vec![];
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_string)
+            })
+            .filter_map(|fp| self.get_run(&fp))
+            .collect()
+    }
+
+    /// Move a verified downloaded object into place (create-only semantics: an existing
+    /// object is left alone).
+    pub fn put_object_bytes(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        if blake3::hash(bytes).to_hex().as_str() != digest {
+            bail!("object {digest} does not match its hash; refused");
+        }
+        let dest = self.object_path(digest);
+        if dest.exists() {
+            return Ok(());
+        }
+        atomic_write(&dest, bytes)?;
+        let _ = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o444));
+        Ok(())
+    }
+}

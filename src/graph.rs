@@ -643,8 +643,13 @@ impl<'a> Builder<'a> {
             }
         };
         let cmd_template = cmds.clone();
+        let diags_before = self.diags.len();
         let cmds: Vec<String> = cmds.iter().map(|c| subst(self, c, "cmd")).collect();
-        if cmds.iter().any(|c| c.trim().is_empty()) && !rs.frozen {
+        // A failed substitution is already reported; do not add "`cmd` is empty" on top.
+        if self.diags.len() == diags_before
+            && cmds.iter().any(|c| c.trim().is_empty())
+            && !rs.frozen
+        {
             self.err(&key_path(n, "cmd"), Some(n), "`cmd` is empty");
         }
 

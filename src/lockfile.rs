@@ -52,6 +52,12 @@ impl LockFile {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(crate::error::invalid(format!(
+                    "{}: not a valid lock file: {e}",
+                    path.display()
+                )));
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
         Self::parse(&text).map_err(|e| crate::error::invalid(format!("{}: {e}", path.display())))

@@ -57,9 +57,12 @@ pub fn set_existing(table: &mut toml::Table, key: &str, value: toml::Value) -> R
 }
 
 fn unknown_key_msg(key: &str, table: &toml::Table) -> String {
-    let last = key.rsplit('.').next().unwrap_or(key);
+    let (prefix, last) = match key.rsplit_once('.') {
+        Some((p, l)) => (format!("{p}."), l),
+        None => (String::new(), key),
+    };
     let hint = crate::error::suggest(last, table.keys().map(String::as_str))
-        .map(|s| format!(" (did you mean `{s}`?)"))
+        .map(|s| format!(" (did you mean `{prefix}{s}`?)"))
         .unwrap_or_default();
     format!("unknown param `{key}`{hint}")
 }

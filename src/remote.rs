@@ -1,27 +1,34 @@
-//! The remote cache (S3 or a shared folder): push and pull objects and run-cache entries.
+//! The remote cache: push and pull objects, trees and run-cache entries to S3 (or any
+//! S3-compatible server) or a shared folder (`file://`), through the `object_store` crate.
+//!
+//! Keys mirror the local cache: `objects/ab/<digest>`, `trees/<digest>.json`,
+//! `runs/<fingerprint>.json`. Uploads are create-only (`PutMode::Create`), so a writer
+//! never replaces what another wrote; every download is verified with blake3 before use,
+//! and a run-cache entry is trusted only as far as its objects verify. A run entry is
+//! uploaded after its objects, so a remote entry never points at objects not yet there.
 
-use crate::cache::{Cache, RunEntry};
+use crate::cache::{Cache, RunEntry, Tree};
+use crate::error::failed;
+use crate::report::Reporter;
 use crate::spec::RawRemote;
-use anyhow::Result;
-use std::path::Path;
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Objects bigger than this are uploaded in parts.
+const MULTIPART: u64 = 64 << 20;
 
 pub struct Remote {
     url: String,
-}
-
-impl Remote {
-    pub fn open(cfg: &RawRemote, _root: &Path) -> Result<Remote> {
-        Err(crate::error::failed(format!(
-            "remote cache `{}`: not available in this build",
-            cfg.url
-        )))
-    }
-    pub fn fetch_run(&self, _cache: &Cache, _fingerprint: &str) -> Result<Option<RunEntry>> {
-        anyhow::bail!("remote `{}` unavailable", self.url)
-    }
-    pub fn push_entry(&self, _cache: &Cache, _entry: &RunEntry) -> Result<()> {
-        anyhow::bail!("remote `{}` unavailable", self.url)
-    }
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    rt: tokio::runtime::Runtime,
 }
 
 /// Counts of one transfer.
@@ -30,6 +37,7 @@ pub struct TransferStats {
     pub sent: usize,
     pub skipped: usize,
     pub bytes: u64,
+    pub missing: usize,
 }
 
 impl std::fmt::Display for TransferStats {
@@ -40,27 +48,469 @@ impl std::fmt::Display for TransferStats {
             self.sent,
             self.bytes as f64 / (1 << 20) as f64,
             self.skipped
-        )
+        )?;
+        if self.missing > 0 {
+            write!(f, ", {} not found", self.missing)?;
+        }
+        Ok(())
     }
 }
 
+/// What to move: a file of the local cache and its key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Item {
+    Object(String),
+    Tree(String),
+}
+
+fn explain(url: &str, e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let hint = if text.contains("403")
+        || text.contains("SignatureDoesNotMatch")
+        || text.contains("InvalidAccessKeyId")
+        || text.contains("AccessDenied")
+    {
+        " (access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+    } else if text.contains("onnect")
+        || text.contains("timed out")
+        || text.contains("error sending request")
+    {
+        " (cannot reach the server: is it running, and is `endpoint` right?)"
+    } else {
+        ""
+    };
+    format!("remote cache {url}: {text}{hint}")
+}
+
 impl Remote {
+    pub fn open(cfg: &RawRemote, root: &Path) -> Result<Remote> {
+        let url = cfg.url.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime for the remote cache")?;
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) =
+            url.strip_prefix("s3://")
+        {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(crate::error::invalid(format!(
+                    "[remote] url `{url}` names no bucket (expected s3://bucket/prefix)"
+                )));
+            }
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(RetryConfig {
+                    max_retries: 2,
+                    retry_timeout: Duration::from_secs(20),
+                    ..Default::default()
+                })
+                .with_client_options(
+                    object_store::ClientOptions::new()
+                        .with_connect_timeout(Duration::from_secs(5))
+                        .with_timeout(Duration::from_secs(600))
+                        .with_allow_http(
+                            cfg.allow_http.unwrap_or(
+                                cfg.endpoint
+                                    .as_deref()
+                                    .is_some_and(|e| e.starts_with("http://")),
+                            ),
+                        ),
+                );
+            if let Some(ep) = &cfg.endpoint {
+                b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+            }
+            if let Some(r) = &cfg.region {
+                b = b.with_region(r);
+            } else if std::env::var_os("AWS_REGION").is_none()
+                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+            {
+                b = b.with_region("us-east-1");
+            }
+            let store = b
+                .build()
+                .map_err(|e| failed(format!("remote cache {url}: {e}")))?;
+            (Arc::new(store), prefix.trim_matches('/').to_string())
+        } else if let Some(rest) = url.strip_prefix("file://") {
+            let path = if Path::new(rest).is_absolute() {
+                PathBuf::from(rest)
+            } else {
+                root.join(rest)
+            };
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create remote cache folder {}", path.display()))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&path)
+                .map_err(|e| failed(format!("remote cache {url}: {e}")))?;
+            (Arc::new(store), String::new())
+        } else {
+            return Err(crate::error::invalid(format!(
+                "[remote] url `{url}`: expected s3://bucket/prefix or file:///path"
+            )));
+        };
+        Ok(Remote {
+            url,
+            store,
+            prefix,
+            rt,
+        })
+    }
+
+    fn key(&self, rel: &str) -> Key {
+        if self.prefix.is_empty() {
+            Key::from(rel)
+        } else {
+            Key::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn object_key(digest: &str) -> String {
+        format!(
+            "objects/{}/{}",
+            &digest[..2.min(digest.len())],
+            &digest[2.min(digest.len())..]
+        )
+    }
+
+    /// Fetch a remote object's bytes; `None` when it is not there.
+    async fn get(&self, rel: &str) -> Result<Option<bytes::Bytes>> {
+        match self.store.get(&self.key(rel)).await {
+            Ok(r) => Ok(Some(
+                r.bytes()
+                    .await
+                    .map_err(|e| anyhow!(explain(&self.url, &e)))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(anyhow!(explain(&self.url, &e))),
+        }
+    }
+
+    async fn exists(&self, rel: &str) -> Result<bool> {
+        match self.store.head(&self.key(rel)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(anyhow!(explain(&self.url, &e))),
+        }
+    }
+
+    /// Create-only upload of a local file; `Ok(false)` when the key already existed.
+    async fn put_file(&self, rel: &str, local: &Path) -> Result<(bool, u64)> {
+        if self.exists(rel).await? {
+            return Ok((false, 0));
+        }
+        let size = std::fs::metadata(local)
+            .with_context(|| format!("cannot read {}", local.display()))?
+            .len();
+        let key = self.key(rel);
+        if size > MULTIPART {
+            // Multipart uploads cannot be create-only; the key was checked just above and
+            // objects are content-addressed, so a racing writer can only write the same bytes.
+            let upload = self
+                .store
+                .put_multipart(&key)
+                .await
+                .map_err(|e| anyhow!(explain(&self.url, &e)))?;
+            let mut w = object_store::WriteMultipart::new(upload);
+            let mut f = std::fs::File::open(local)
+                .with_context(|| format!("cannot read {}", local.display()))?;
+            let mut buf = vec![0u8; 8 << 20];
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf)
+                    .with_context(|| format!("cannot read {}", local.display()))?;
+                if n == 0 {
+                    break;
+                }
+                w.wait_for_capacity(4)
+                    .await
+                    .map_err(|e| anyhow!(explain(&self.url, &e)))?;
+                w.write(&buf[..n]);
+            }
+            w.finish()
+                .await
+                .map_err(|e| anyhow!(explain(&self.url, &e)))?;
+            return Ok((true, size));
+        }
+        let bytes =
+            std::fs::read(local).with_context(|| format!("cannot read {}", local.display()))?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&key, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok((true, size)),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok((false, 0)),
+            Err(e) => Err(anyhow!(explain(&self.url, &e))),
+        }
+    }
+
+    /// Objects and trees an entry needs, from the local cache.
+    fn items(cache: &Cache, entry: &RunEntry, out: &mut BTreeSet<Item>) -> Result<()> {
+        for o in entry.outs.values() {
+            if o.dir {
+                let tree = cache.read_tree(&o.hash)?;
+                out.extend(tree.entries.iter().map(|e| Item::Object(e.hash.clone())));
+                out.insert(Item::Tree(o.hash.clone()));
+            } else {
+                out.insert(Item::Object(o.hash.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Upload the run-cache entries for `fps` (all local entries when `None`) with their objects.
     pub fn push(
         &self,
-        _cache: &Cache,
-        _fps: Option<&Vec<String>>,
-        _jobs: usize,
-        _rep: &crate::report::Reporter,
+        cache: &Cache,
+        fps: Option<&Vec<String>>,
+        jobs: usize,
+        rep: &Reporter,
     ) -> Result<TransferStats> {
-        anyhow::bail!("remote `{}` unavailable", self.url)
+        let mut stats = TransferStats::default();
+        let entries: Vec<RunEntry> = match fps {
+            Some(fps) => fps
+                .iter()
+                .filter_map(|fp| {
+                    let e = cache.get_run(fp);
+                    if e.is_none() {
+                        stats.missing += 1;
+                    }
+                    e
+                })
+                .collect(),
+            None => cache.all_runs(),
+        };
+        let mut items = BTreeSet::new();
+        for e in &entries {
+            Self::items(cache, e, &mut items)?;
+        }
+        let total: u64 = items
+            .iter()
+            .map(|i| match i {
+                Item::Object(d) => std::fs::metadata(cache.object_path(d))
+                    .map(|m| m.len())
+                    .unwrap_or(0),
+                Item::Tree(_) => 0,
+            })
+            .sum();
+        let bar = progress(rep, total, "Pushing");
+        let sent = AtomicUsize::new(0);
+        let skipped = AtomicUsize::new(0);
+        let bytes = AtomicU64::new(0);
+        self.rt.block_on(async {
+            let results: Vec<Result<()>> = futures::stream::iter(items.iter())
+                .map(|item| async {
+                    let (rel, local) = match item {
+                        Item::Object(d) => (Self::object_key(d), cache.object_path(d)),
+                        Item::Tree(d) => (format!("trees/{d}.json"), cache.tree_path(d)),
+                    };
+                    let (was_sent, n) = self.put_file(&rel, &local).await?;
+                    let size = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
+                    if let Some(b) = &bar {
+                        b.inc(size);
+                    }
+                    if was_sent {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(n, Ordering::Relaxed);
+                    } else {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+                .buffer_unordered(jobs.max(1))
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<Vec<()>>>()?;
+            // Entries last: a remote entry must never point at objects not yet uploaded.
+            for e in &entries {
+                let (was_sent, n) = self
+                    .put_file(
+                        &format!("runs/{}.json", e.fingerprint),
+                        &cache.run_path(&e.fingerprint),
+                    )
+                    .await?;
+                if was_sent {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    bytes.fetch_add(n, Ordering::Relaxed);
+                } else {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        })?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        stats.sent = sent.into_inner();
+        stats.skipped = skipped.into_inner();
+        stats.bytes = bytes.into_inner();
+        Ok(stats)
     }
+
+    /// Upload one entry and its objects (after a stage ran, with `build --push`).
+    pub fn push_entry(&self, cache: &Cache, entry: &RunEntry) -> Result<()> {
+        let fps = vec![entry.fingerprint.clone()];
+        self.push(cache, Some(&fps), 4, &Reporter::silent())
+            .map(|_| ())
+    }
+
+    /// Download and verify what a run entry needs; store it in the local cache.
+    async fn fetch_entry(
+        &self,
+        cache: &Cache,
+        fp: &str,
+        stats: &TransferCounters,
+    ) -> Result<Option<RunEntry>> {
+        if let Some(e) = cache.get_run(fp).filter(|e| cache.has_all(e)) {
+            stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(e));
+        }
+        let Some(bytes) = self.get(&format!("runs/{fp}.json")).await? else {
+            return Ok(None);
+        };
+        let entry: RunEntry = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow!("remote run entry {fp} is not valid: {e}"))?;
+        if entry.fingerprint != fp || entry.version != crate::cache::VERSION {
+            bail!("remote run entry {fp} does not match its name; refused");
+        }
+        let mut objects = BTreeSet::new();
+        for o in entry.outs.values() {
+            if !o.dir {
+                objects.insert(o.hash.clone());
+                continue;
+            }
+            let tree: Tree = if cache.tree_path(&o.hash).exists() {
+                cache.read_tree(&o.hash)?
+            } else {
+                let Some(b) = self.get(&format!("trees/{}.json", o.hash)).await? else {
+                    bail!("remote cache lacks tree {} of run entry {fp}", o.hash)
+                };
+                let t: Tree = serde_json::from_slice(&b)
+                    .map_err(|e| anyhow!("remote tree {} is not valid: {e}", o.hash))?;
+                if t.digest().as_deref() != Some(o.hash.as_str()) {
+                    bail!("remote tree {} does not match its hash; refused", o.hash);
+                }
+                crate::fsutil::atomic_write(&cache.tree_path(&o.hash), &b)?;
+                stats.add(b.len() as u64);
+                t
+            };
+            objects.extend(tree.entries.into_iter().map(|e| e.hash));
+        }
+        for d in objects {
+            if cache.object_path(&d).exists() {
+                continue;
+            }
+            let Some(b) = self.get(&Self::object_key(&d)).await? else {
+                bail!("remote cache lacks object {d} of run entry {fp}")
+            };
+            cache
+                .put_object_bytes(&d, &b)
+                .map_err(|e| anyhow!("remote {}: {e}", self.url))?;
+            stats.add(b.len() as u64);
+        }
+        cache.put_run(&entry)?;
+        stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(entry))
+    }
+
+    /// `build --pull`: fetch the entry for one fingerprint if the remote has it.
+    pub fn fetch_run(&self, cache: &Cache, fp: &str) -> Result<Option<RunEntry>> {
+        let c = TransferCounters::default();
+        self.rt.block_on(self.fetch_entry(cache, fp, &c))
+    }
+
+    /// Download the entries for `fps` (every remote entry when `None`) and their objects.
     pub fn pull(
         &self,
-        _cache: &Cache,
-        _fps: Option<&Vec<String>>,
-        _jobs: usize,
-        _rep: &crate::report::Reporter,
+        cache: &Cache,
+        fps: Option<&Vec<String>>,
+        jobs: usize,
+        rep: &Reporter,
     ) -> Result<TransferStats> {
-        anyhow::bail!("remote `{}` unavailable", self.url)
+        let c = TransferCounters::default();
+        let bar = progress(rep, 0, "Pulling");
+        let result = self.rt.block_on(async {
+            let fps: Vec<String> = match fps {
+                Some(f) => f.clone(),
+                None => {
+                    let prefix = self.key("runs");
+                    let list: Vec<_> = self.store.list(Some(&prefix)).collect().await;
+                    let mut out = Vec::new();
+                    for m in list {
+                        let m = m.map_err(|e| anyhow!(explain(&self.url, &e)))?;
+                        if let Some(fp) =
+                            m.location.filename().and_then(|n| n.strip_suffix(".json"))
+                        {
+                            out.push(fp.to_string());
+                        }
+                    }
+                    out
+                }
+            };
+            if let Some(b) = &bar {
+                b.set_length(fps.len() as u64);
+            }
+            let results: Vec<Result<bool>> = futures::stream::iter(fps.iter())
+                .map(|fp| async {
+                    let r = self.fetch_entry(cache, fp, &c).await.map(|e| e.is_some());
+                    if let Some(b) = &bar {
+                        b.inc(1);
+                    }
+                    r
+                })
+                .buffer_unordered(jobs.max(1))
+                .collect()
+                .await;
+            let mut missing = 0;
+            for r in results {
+                if !r? {
+                    missing += 1;
+                }
+            }
+            Ok::<usize, anyhow::Error>(missing)
+        });
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let missing = result?;
+        Ok(TransferStats {
+            sent: c.sent.into_inner(),
+            skipped: c.skipped.into_inner(),
+            bytes: c.bytes.into_inner(),
+            missing,
+        })
     }
+}
+
+#[derive(Default)]
+struct TransferCounters {
+    sent: AtomicUsize,
+    skipped: AtomicUsize,
+    bytes: AtomicU64,
+}
+
+impl TransferCounters {
+    fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn progress(rep: &Reporter, total: u64, verb: &str) -> Option<indicatif::ProgressBar> {
+    if rep.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>12.cyan.bold} [{bar:30}] {pos}/{len} {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_prefix(verb.to_string());
+    Some(b)
 }
