@@ -901,7 +901,8 @@ impl<'a> Engine<'a> {
             rec.deps = inp.entry.deps.clone();
         }
         let ran = matches!(done.outcome, Outcome::Ran);
-        if ran {
+        // A failed stage's log matters most: record it whenever the stage wrote one.
+        if ran || self.rec.log_path(&name).exists() {
             rec.log = Some(format!("logs/{}.log", crate::fsutil::marker_name(&name)));
         }
         match done.outcome {
@@ -1322,7 +1323,10 @@ fn run_with_retries(
             done.job_id = j.clone();
         }
         match result {
-            Attempt::Ok => return Outcome::Ran,
+            Attempt::Ok => {
+                done.exit_code = Some(0);
+                return Outcome::Ran;
+            }
             Attempt::Interrupted => return Outcome::Interrupted,
             Attempt::Failed { exit_code, message } => {
                 done.exit_code = exit_code;

@@ -195,6 +195,32 @@ impl Cache {
         }
     }
 
+    /// Hash every object an out needs; a mismatching object is removed and reported as
+    /// `Corrupt`. Lets a multi-out restore (rollback) check everything before it changes
+    /// anything.
+    pub fn verify_out(&self, rel: &str, out: &CachedOut) -> Result<()> {
+        let objects: Vec<(String, u64)> = if out.dir {
+            let t = self.read_tree(&out.hash)?;
+            t.entries.into_iter().map(|e| (e.hash, e.size)).collect()
+        } else {
+            vec![(out.hash.clone(), out.size)]
+        };
+        for (digest, size) in objects {
+            let obj = self.object_path(&digest);
+            let actual = hash::hash_file_contents(&obj, size)
+                .with_context(|| format!("cannot read {}", obj.display()))?;
+            if actual.to_hex().as_str() != digest {
+                let _ = std::fs::remove_file(&obj);
+                return Err(Corrupt {
+                    object: digest,
+                    out: rel.to_string(),
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
     pub fn has_all(&self, entry: &RunEntry) -> bool {
         entry.outs.values().all(|o| self.has_out(o))
     }

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 pub fn run(ctx: &Ctx, a: &DagArgs) -> Result<i32> {
     let p = ctx.load(&[])?;
-    print!("{}", render(&p, a.format));
+    print!("{}", render(&p, a.format, ctx.verbose > 0));
     Ok(0)
 }
 
@@ -22,23 +22,45 @@ fn mermaid_id(name: &str) -> String {
         .collect()
 }
 
-pub fn render(p: &crate::graph::Pipeline, format: DagFormat) -> String {
+/// The name a stage shows under in a folded view: its matrix group, or itself.
+fn shown(p: &crate::graph::Pipeline, i: usize, fold: bool) -> String {
+    let s = &p.stages[i];
+    match p.groups.get(&s.source_name) {
+        Some(m) if fold => format!("{} [{} members]", s.source_name, m.len()),
+        _ => s.name.clone(),
+    }
+}
+
+/// The graph as text; matrix groups fold into one node unless `verbose` (ascii only).
+pub fn render(p: &crate::graph::Pipeline, format: DagFormat, verbose: bool) -> String {
     let mut out = String::new();
     match format {
         DagFormat::Ascii => {
-            let w = p
-                .stages
-                .iter()
-                .map(|s| s.name.chars().count())
+            let fold = !verbose;
+            let w = (0..p.stages.len())
+                .map(|i| shown(p, i, fold).chars().count())
                 .max()
                 .unwrap_or(0);
+            let mut printed = std::collections::HashSet::new();
             for &i in &p.order {
                 let s = &p.stages[i];
-                let ups: Vec<&str> = s
-                    .upstream
-                    .iter()
-                    .map(|&u| p.stages[u].name.as_str())
-                    .collect();
+                let name = shown(p, i, fold);
+                if !printed.insert(name.clone()) {
+                    continue;
+                }
+                let members: Vec<usize> = match p.groups.get(&s.source_name) {
+                    Some(m) if fold => m.clone(),
+                    _ => vec![i],
+                };
+                let mut ups: Vec<String> = Vec::new();
+                for &m in &members {
+                    for &u in &p.stages[m].upstream {
+                        let n = shown(p, u, fold);
+                        if !ups.contains(&n) {
+                            ups.push(n);
+                        }
+                    }
+                }
                 let mut flags = Vec::new();
                 if s.frozen {
                     flags.push("frozen");
@@ -58,9 +80,9 @@ pub fn render(p: &crate::graph::Pipeline, format: DagFormat) -> String {
                     format!("  [{}]", flags.join(", "))
                 };
                 if ups.is_empty() {
-                    out.push_str(&format!("{}{flags}\n", s.name));
+                    out.push_str(&format!("{name}{flags}\n"));
                 } else {
-                    out.push_str(&format!("{:<w$}  <- {}{flags}\n", s.name, ups.join(", ")));
+                    out.push_str(&format!("{name:<w$}  <- {}{flags}\n", ups.join(", ")));
                 }
             }
         }

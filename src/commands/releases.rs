@@ -75,6 +75,12 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
                     a.run, art.path, art.hash
                 )));
             }
+            if let Err(e) = cache.verify_out(&art.path, &out) {
+                return Err(failed(format!(
+                    "cannot roll back to {}: {e:#}; nothing was changed (fetch it again with `pipe pull` if a remote cache has it)",
+                    a.run
+                )));
+            }
         }
     }
     let rec = record::Recorder::start(&p.layout.runs)?;
