@@ -27,7 +27,7 @@ CMD=$1
 mkdir -p "$2"
 STATE=$(cd "$2" && pwd -P)
 
-TOOLS=${PIPE_TEST_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pipe-test-servers}
+TOOLS=${PIPE_TEST_TOOLS_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/pipe-test-servers}
 SEAWEED_VERSION=${PIPE_TEST_SEAWEEDFS_VERSION:-4.48}
 MOTO_SPEC=${PIPE_TEST_MOTO_SPEC:-moto[server]>=5,<6}
 BUCKET=${PIPE_TEST_S3_BUCKET_NAME:-pipe-test}
@@ -213,11 +213,21 @@ EOF
     # Unix sockets must have short paths (108 bytes); fall back to /tmp.
     local sockdir=$STATE/run
     [ ${#sockdir} -le 70 ] || sockdir=/tmp
-    echo "$sockdir/seaweedfs-s3-$s3.sock $sockdir/seaweedfs-filer-$s3.sock" >"$STATE/sockets"
+    # weed also puts /tmp/seaweedfs-<component>-grpc-<port>.sock; it removes
+    # them on SIGTERM, and stop removes them after a SIGKILL.
+    {
+        echo "$sockdir/seaweedfs-s3-$s3.sock $sockdir/seaweedfs-filer-$s3.sock"
+        local i comp=(s3 master volume filer admin)
+        for i in 0 1 2 3 4; do
+            echo "/tmp/seaweedfs-${comp[i]}-grpc-$((ports[i] + 10000)).sock"
+        done
+    } >"$STATE/sockets"
     # weed mini reloads DIR/mini.options on start; our flags are the truth.
     rm -f "$data/mini.options"
 
+    mkdir -p "$STATE/weed-logs"
     local args=(
+        -logdir="$STATE/weed-logs"   # glog files; default would be /tmp
         mini -dir="$data"
         -ip=127.0.0.1 -ip.bind=127.0.0.1
         -master.telemetry=false
@@ -236,7 +246,8 @@ EOF
     )
     echo "$WEED ${args[*]}" >"$STATE/cmdline"
     : >"$LOGFILE"
-    local t0=$SECONDS
+    local t0
+    t0=$(date +%s%3N)
     setsid "$WEED" "${args[@]}" </dev/null >>"$LOGFILE" 2>&1 &
     local pid=$!
     echo "$pid" >"$PIDFILE"
@@ -256,7 +267,7 @@ EOF
         sleep 0.2
     done
     write_env seaweedfs "$s3" "$pid" 1
-    log "SeaweedFS $("$WEED" version 2>/dev/null | grep -o 'version [^ ]* [^ ]*' | head -1) up on 127.0.0.1:$s3 in $((SECONDS - t0))s (pid $pid, bucket $BUCKET)"
+    log "SeaweedFS $("$WEED" version 2>/dev/null | grep -o 'version [^ ]* [^ ]*' | head -1) up on 127.0.0.1:$s3 in $(($(date +%s%3N) - t0)) ms (pid $pid, bucket $BUCKET)"
 }
 
 # ---------------------------------------------------------------- moto
@@ -318,8 +329,8 @@ stop_server() {
     pid=$(cat "$PIDFILE")
     if pid_alive "$pid" weed || pid_alive "$pid" moto_server; then
         kill -TERM "$pid" 2>/dev/null || true
-        local i
-        for i in $(seq 1 100); do
+
+        for _ in $(seq 1 100); do
             pid_alive "$pid" "" || break
             sleep 0.1
         done
@@ -344,8 +355,18 @@ cmd_start() {
         return 0
     fi
     stop_server # clean up leftovers of a crashed run (only our recorded pid)
-    command -v curl >/dev/null || die "curl is required"
-    command -v python3 >/dev/null || die "python3 is required"
+    local need=()
+    command -v curl >/dev/null || need+=(curl)
+    command -v python3 >/dev/null || need+=(python3 python3-venv)
+    command -v flock >/dev/null || need+=(util-linux)
+    if [ ${#need[@]} -gt 0 ]; then
+        command -v apt-get >/dev/null || die "missing ${need[*]}"
+        log "installing ${need[*]} (apt-get)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null || die "apt-get update failed"
+        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+            || die "apt-get install ${need[*]} failed"
+    fi
 
     # Credentials: stable per state dir.
     if [ ! -f "$STATE/credentials" ]; then

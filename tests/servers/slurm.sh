@@ -57,11 +57,11 @@ daemon_alive() { # NAME: munged|slurmctld|slurmd
 }
 
 stop_daemon() { # NAME
-    local pid i
+    local pid
     pid=$(recorded_pid "$1") || return 0
     if pid_alive "$pid" "$1"; then
         kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 150); do
+        for _ in $(seq 1 150); do
             pid_alive "$pid" "$1" || break
             sleep 0.1
         done
@@ -103,12 +103,15 @@ EOF
 }
 
 log_tails() {
-    local f
-    for f in "$LOGDIR/munged.log" "$LOGDIR/slurmctld.log" "$LOGDIR/slurmd.log" \
-             "$LOGDIR/slurmctld.stderr" "$LOGDIR/slurmd.stderr" "$LOGDIR/munged.stderr"; do
+    local d f
+    for d in munged slurmctld slurmd; do
+        # The daemons run in the foreground: their log file, if they got as far
+        # as opening it, has the same lines as their stderr.
+        f=$LOGDIR/$d.log
+        [ -s "$f" ] || f=$LOGDIR/$d.stderr
         [ -s "$f" ] || continue
         echo "----- last lines of $f -----" >&2
-        tail -n 25 "$f" >&2 || true
+        tail -n 20 "$f" >&2 || true
     done
     echo "-----" >&2
 }
@@ -263,7 +266,8 @@ cmd_start() {
     fi
     stop_all # leftovers of an earlier, partial run (recorded pids only)
     ensure_installed
-    local t0=$SECONDS run ports prev=""
+    local t0 run ports prev=""
+    t0=$(date +%s%3N)
     mkdir -p "$LOGDIR"
     run=$(runtime_dir)
     # Fresh controller state every start: job ids restart at 1, no stale jobs.
@@ -312,7 +316,7 @@ cmd_start() {
         echo "export PIPE_TEST_MUNGED_PID=$(recorded_pid munged)"
     } >"$ENVFILE.tmp"
     mv "$ENVFILE.tmp" "$ENVFILE"
-    log "Slurm $(slurmctld -V 2>/dev/null | awk '{print $2}') up in $((SECONDS - t0))s: node $NODE idle," \
+    log "Slurm $(slurmctld -V 2>/dev/null | awk '{print $2}') up in $(($(date +%s%3N) - t0)) ms: node $NODE idle," \
         "slurmctld 127.0.0.1:${ports[0]} (pid $(recorded_pid slurmctld)), slurmd :${ports[1]} (pid $(recorded_pid slurmd))"
 }
 
@@ -321,12 +325,12 @@ cmd_start() {
 stop_all() {
     # Cancel this cluster's jobs first so no job processes outlive slurmd.
     if daemon_alive slurmctld && [ -f "$CONF" ]; then
-        local ids i
+        local ids
         ids=$(SLURM_CONF=$CONF squeue -h -o '%i' 2>/dev/null || true)
         if [ -n "$ids" ]; then
             # shellcheck disable=SC2086
             SLURM_CONF=$CONF scancel $ids 2>/dev/null || true
-            for i in $(seq 1 50); do
+            for _ in $(seq 1 50); do
                 [ -z "$(SLURM_CONF=$CONF squeue -h -o '%i' -t running,completing,suspended 2>/dev/null || true)" ] && break
                 sleep 0.2
             done
@@ -336,6 +340,13 @@ stop_all() {
     stop_daemon slurmctld
     stop_daemon munged
     rm -f "$ENVFILE"
+    # A /tmp runtime dir (used when STATE_DIR is too long for socket paths).
+    if [ -f "$STATE/rundir" ]; then
+        case $(cat "$STATE/rundir") in
+            /tmp/pipe-slurm.*) rm -rf "$(cat "$STATE/rundir")" ;;
+        esac
+        rm -f "$STATE/rundir"
+    fi
 }
 
 # ---------------------------------------------------------------- env / check
@@ -369,7 +380,7 @@ cmd_check() {
     cmd_env >/dev/null
     # shellcheck disable=SC1090
     . "$ENVFILE"
-    local tmp passes=0 fails=0 id st t0 t1 i lat=()
+    local tmp passes=0 fails=0 id st t0 t1 lat=()
     tmp=$(mktemp -d)
     expect() { # WHAT WANT GOT
         if [ "$2" = "$3" ]; then echo "ok   $1: $3"; passes=$((passes + 1)); else echo "FAIL $1: want $2, got $3"; fails=$((fails + 1)); fi
@@ -389,12 +400,12 @@ cmd_check() {
     expect "scontrol show job: ExitCode" 0:0 "$(job_field "$id" ExitCode)"
 
     id=$(sbatch --parsable --wrap 'sleep 120' --output=/dev/null)
-    for i in $(seq 1 60); do [ "$(job_field "$id" JobState)" = RUNNING ] && break; sleep 0.1; done
+    for _ in $(seq 1 60); do [ "$(job_field "$id" JobState)" = RUNNING ] && break; sleep 0.1; done
     scancel "$id"
     expect "scancel: running job ends CANCELLED" CANCELLED "$(wait_final "$id" 30)"
 
     # submit -> final state seen by scontrol, trivial job, 5 times in a row
-    for i in 1 2 3 4 5; do
+    for _ in 1 2 3 4 5; do
         t0=$(now_ms)
         id=$(sbatch --parsable --wrap 'true' --output=/dev/null)
         st=$(wait_final "$id" 30)
