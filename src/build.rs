@@ -1312,8 +1312,14 @@ fn run_with_retries(
                 ),
             );
         }
+        // Slurm enforces a Slurm stage's limit itself (it checks every 30 s); pipe only steps
+        // in if the job outlives its limit by far.
+        let limit = match s.executor {
+            ExecutorKind::Slurm => s.timeout.map(|t| t + Duration::from_secs(150)),
+            ExecutorKind::Local => s.timeout,
+        };
         *control.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
-            s.timeout.map(|t| Instant::now() + t);
+            limit.map(|t| Instant::now() + t);
         control.timed_out.store(false, Ordering::SeqCst);
         *control.term_sent.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let result = exec.run(spec, control);

@@ -29,6 +29,8 @@ pub struct Reporter {
     mp: Option<MultiProgress>,
     overall: Option<ProgressBar>,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    /// After `end()` the bars are gone and lines go straight to stderr.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 pub fn use_color(choice: ColorChoice, stream_is_tty: bool) -> bool {
@@ -66,6 +68,7 @@ impl Reporter {
             mp: (tty && !quiet).then(MultiProgress::new),
             overall: None,
             bars: Mutex::new(HashMap::new()),
+            ended: Default::default(),
         }
     }
 
@@ -78,6 +81,7 @@ impl Reporter {
             mp: None,
             overall: None,
             bars: Mutex::new(HashMap::new()),
+            ended: Default::default(),
         }
     }
 
@@ -97,10 +101,10 @@ impl Reporter {
     /// Print a line above the progress bars (or plainly).
     pub fn line(&self, line: &str) {
         match &self.mp {
-            Some(mp) => {
+            Some(mp) if !self.ended.load(std::sync::atomic::Ordering::Relaxed) => {
                 let _ = mp.println(line);
             }
-            None => {
+            _ => {
                 let mut err = std::io::stderr().lock();
                 let _ = writeln!(err, "{line}");
             }
@@ -185,6 +189,7 @@ impl Reporter {
         if let Some(mp) = &self.mp {
             mp.set_draw_target(ProgressDrawTarget::hidden());
         }
+        self.ended.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -173,7 +173,15 @@ impl Executor for SlurmExecutor {
                 Some(other) => {
                     let code = exit.map(|(c, _)| c);
                     let message = match other {
-                        "TIMEOUT" => format!("Slurm job {job} hit its time limit (TIMEOUT)"),
+                        "TIMEOUT" => {
+                            let t = spec
+                                .timeout
+                                .map(|d| humantime::format_duration(d).to_string())
+                                .unwrap_or_default();
+                            format!(
+                                "timed out after {t}: Slurm ended job {job} at its time limit (TIMEOUT)"
+                            )
+                        }
                         "CANCELLED" => format!("Slurm job {job} was cancelled"),
                         "OUT_OF_MEMORY" => format!("Slurm job {job} ran out of memory"),
                         _ => match code {

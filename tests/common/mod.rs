@@ -131,3 +131,81 @@ impl Ws {
         runs.pop().expect("a run folder")
     }
 }
+
+/// A test server started by one of `tests/servers/*.sh`; stopped when dropped.
+pub struct Server {
+    pub script: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+impl Server {
+    /// Start `tests/servers/<name>.sh`. When it cannot start: fail under CI, else skip
+    /// (returns None after saying why), so `cargo test` on a laptop without root still runs.
+    pub fn start(name: &str) -> Option<Server> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/servers")
+            .join(format!("{name}.sh"));
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .expect("run server script");
+        if !out.status.success() {
+            let msg = format!(
+                "{name} server did not start:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if std::env::var_os("CI").is_some() {
+                panic!("{msg}");
+            }
+            eprintln!("SKIPPING: {msg}");
+            return None;
+        }
+        let env_out = Command::new("bash")
+            .arg(&script)
+            .arg("env")
+            .arg(dir.path())
+            .output()
+            .expect("server env");
+        let env = String::from_utf8_lossy(&env_out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    v.trim_matches(|c| c == '\'' || c == '"').to_string(),
+                )
+            })
+            .collect();
+        Some(Server { script, dir, env })
+    }
+
+    pub fn var(&self, k: &str) -> String {
+        self.env
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("server env lacks {k}"))
+    }
+
+    /// A `pipe` command with the server's environment.
+    pub fn pipe(&self, ws: &Ws, args: &[&str]) -> Run {
+        let mut c = ws.cmd(args);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c.output().expect("run pipe").into()
+    }
+}

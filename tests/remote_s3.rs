@@ -1,0 +1,197 @@
+//! The remote cache against a real S3-compatible server (SeaweedFS on 127.0.0.1, started by
+//! tests/servers/s3.sh): push from one clone, pull into another, tampering, bad credentials,
+//! a dead server.
+mod common;
+use common::{Server, Ws};
+use std::time::{Duration, Instant};
+
+fn pipeline(endpoint: &str, bucket: &str, prefix: &str) -> String {
+    format!(
+        r#"
+[remote]
+url = "s3://{bucket}/{prefix}"
+endpoint = "{endpoint}"
+
+[stages.prep]
+cmd = "echo prep >> ../runs.txt && mkdir -p data && cp in.txt data/a.txt && printf 'x%.0s' $(seq 1 5000) > data/big.txt"
+deps = ["in.txt"]
+outs = ["data/"]
+
+[stages.model]
+cmd = "echo model >> ../runs.txt && cat data/a.txt data/a.txt > model.bin"
+deps = ["data/"]
+outs = ["model.bin"]
+"#
+    )
+}
+
+/// Run pipe with a hard deadline, so a hang fails the test instead of blocking it.
+fn bounded(s: &Server, ws: &Ws, args: &[&str], extra: &[(&str, &str)]) -> common::Run {
+    let mut c = ws.cmd(args);
+    c.envs(s.env.iter().map(|(k, v)| (k, v)));
+    c.envs(extra.iter().copied());
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap().into();
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("pipe {args:?} hung for 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn runs(ws: &Ws) -> usize {
+    std::fs::read_to_string(ws.root().parent().unwrap().join("runs.txt"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn s3_remote_cache_end_to_end() {
+    let Some(s3) = Server::start("s3") else {
+        return;
+    };
+    let endpoint = s3.var("PIPE_TEST_S3_ENDPOINT");
+    let bucket = s3.var("PIPE_TEST_S3_BUCKET");
+    // A prefix of our own so reruns and parallel tests never see each other's objects.
+    let prefix = format!(
+        "t{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
+
+    // Workspace A builds and pushes what it built.
+    let root_a = tempfile::tempdir().unwrap();
+    let a = Ws {
+        dir: tempfile::tempdir_in(root_a.path()).unwrap(),
+    };
+    a.write("Pipeline.toml", &pipeline(&endpoint, &bucket, &prefix));
+    a.write("in.txt", "v1\n");
+    bounded(&s3, &a, &["build", "--push"], &[]).ok();
+    assert_eq!(runs(&a), 2);
+    bounded(&s3, &a, &["push"], &[])
+        .ok()
+        .err_has("already there");
+
+    // Clone B (own cache) pulls instead of running: no command, identical bytes.
+    let root_b = tempfile::tempdir().unwrap();
+    let b = Ws {
+        dir: tempfile::tempdir_in(root_b.path()).unwrap(),
+    };
+    b.write("Pipeline.toml", &a.read("Pipeline.toml"));
+    b.write("in.txt", "v1\n");
+    b.write("Pipeline.lock", &a.read("Pipeline.lock"));
+    bounded(&s3, &b, &["build", "--pull"], &[])
+        .ok()
+        .err_has("2 restored");
+    assert_eq!(runs(&b), 0, "clone B ran a command");
+    assert_eq!(
+        std::fs::read(b.path("model.bin")).unwrap(),
+        std::fs::read(a.path("model.bin")).unwrap()
+    );
+    assert_eq!(b.read("data/big.txt"), a.read("data/big.txt"));
+
+    // `pipe pull` alone fills the cache; a later plain build restores.
+    let root_c = tempfile::tempdir().unwrap();
+    let c = Ws {
+        dir: tempfile::tempdir_in(root_c.path()).unwrap(),
+    };
+    for f in ["Pipeline.toml", "in.txt", "Pipeline.lock"] {
+        c.write(f, &a.read(f));
+    }
+    bounded(&s3, &c, &["pull"], &[]).ok().err_has("Pulled");
+    c.pipe(&["build"]).ok().err_has("2 restored");
+    assert_eq!(runs(&c), 0);
+
+    // A wrong secret key is a clear error, not a hang; the local build still works.
+    bounded(
+        &s3,
+        &c,
+        &["push"],
+        &[("AWS_SECRET_ACCESS_KEY", "wrong-secret")],
+    )
+    .code(1)
+    .err_has("access denied");
+    let root_d = tempfile::tempdir().unwrap();
+    let d = Ws {
+        dir: tempfile::tempdir_in(root_d.path()).unwrap(),
+    };
+    for f in ["Pipeline.toml", "in.txt", "Pipeline.lock"] {
+        d.write(f, &a.read(f));
+    }
+    let r = bounded(
+        &s3,
+        &d,
+        &["build", "--pull"],
+        &[("AWS_SECRET_ACCESS_KEY", "wrong-secret")],
+    );
+    r.ok().err_has("cannot fetch from the remote cache");
+    assert_eq!(runs(&d), 2, "the local build must still run");
+
+    // A tampered remote object is refused: the stage runs instead, with correct bytes.
+    let lock = a.read("Pipeline.lock");
+    let model_hash = lock.split("\"model.bin\" = { hash = \"").nth(1).unwrap()[..64].to_string();
+    tamper(
+        &s3,
+        &bucket,
+        &format!("{prefix}/objects/{}/{}", &model_hash[..2], &model_hash[2..]),
+    );
+    let root_e = tempfile::tempdir().unwrap();
+    let e = Ws {
+        dir: tempfile::tempdir_in(root_e.path()).unwrap(),
+    };
+    for f in ["Pipeline.toml", "in.txt", "Pipeline.lock"] {
+        e.write(f, &a.read(f));
+    }
+    let r = bounded(&s3, &e, &["build", "--pull"], &[]);
+    r.ok().err_has("does not match its hash");
+    assert_eq!(
+        runs(&e),
+        1,
+        "model must run after its remote object was refused"
+    );
+    assert_eq!(
+        std::fs::read(e.path("model.bin")).unwrap(),
+        std::fs::read(a.path("model.bin")).unwrap()
+    );
+
+    // The server stopped: a clear error, not a hang.
+    let _ = std::process::Command::new("bash")
+        .arg(&s3.script)
+        .arg("stop")
+        .arg(s3.dir.path())
+        .status();
+    let r = bounded(&s3, &a, &["push"], &[]);
+    r.code(1).err_has("remote cache s3://");
+    let r = bounded(&s3, &e, &["build", "--pull", "--force"], &[]);
+    r.ok();
+}
+
+/// Overwrite an object in the bucket behind pipe's back (a plain, unconditional PUT).
+fn tamper(s3: &Server, bucket: &str, key: &str) {
+    use object_store::ObjectStoreExt;
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_endpoint(s3.var("PIPE_TEST_S3_ENDPOINT"))
+        .with_access_key_id(s3.var("AWS_ACCESS_KEY_ID"))
+        .with_secret_access_key(s3.var("AWS_SECRET_ACCESS_KEY"))
+        .with_region("us-east-1")
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store.put(
+        &object_store::path::Path::from(key),
+        object_store::PutPayload::from(b"evil bytes".to_vec()),
+    ))
+    .unwrap();
+}

@@ -1,0 +1,176 @@
+//! Stages on a real one-node Slurm (started by tests/servers/slurm.sh): success with its log
+//! and job id, a failing job, a time limit that Slurm enforces, Ctrl-C cancelling the job.
+mod common;
+use common::{Server, Ws};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn pipeline(partition: &str, body: &str) -> String {
+    format!(
+        r#"
+[executor]
+kind = "slurm"
+[executor.slurm]
+partition = "{partition}"
+poll_interval = 0.1
+
+{body}
+"#
+    )
+}
+
+fn squeue(s: &Server, job: &str) -> String {
+    let out = Command::new("squeue")
+        .args(["-h", "-j", job, "-o", "%T"])
+        .envs(s.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn scontrol(s: &Server, job: &str) -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "job", job])
+        .envs(s.env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn stages_run_on_slurm() {
+    let Some(slurm) = Server::start("slurm") else {
+        return;
+    };
+    let part = slurm.var("PIPE_TEST_SLURM_PARTITION");
+
+    // The time limit takes Slurm 60-90 s to enforce: start it first, in the background.
+    let slow = Ws::new(&pipeline(
+        &part,
+        "[stages.slow]\ncmd = \"sleep 300\"\nouts = [\"never.txt\"]\ntimeout = \"1s\"\n",
+    ));
+    let mut slow_cmd = slow.cmd(&["build"]);
+    slow_cmd.envs(slurm.env.iter().map(|(k, v)| (k, v)));
+    let slow_child = slow_cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Success: outs, log and exit code come back; the manifest has the job id.
+    let ws = Ws::new(&pipeline(
+        &part,
+        r#"
+[stages.prep]
+cmd = "echo local > prep.txt"
+outs = ["prep.txt"]
+executor = "local"
+
+[stages.train]
+cmd = ["echo training on $(hostname) with $PIPE_PARAM_LR", "cp prep.txt model.bin && echo trained >> model.bin"]
+deps = ["prep.txt"]
+outs = ["model.bin"]
+params = ["lr"]
+resources = { cpus = 1 }
+
+[params]
+lr = 0.5
+"#,
+    ));
+    let t0 = Instant::now();
+    slurm.pipe(&ws, &["build"]).ok();
+    eprintln!("slurm stage build took {:?}", t0.elapsed());
+    assert_eq!(ws.read("model.bin"), "local\ntrained\n");
+    let m = ws.last_manifest();
+    let job = m["stages"]["train"]["job_id"]
+        .as_str()
+        .expect("job id in manifest")
+        .to_string();
+    assert_eq!(m["stages"]["train"]["exit_code"], serde_json::json!(0));
+    let log = std::fs::read_to_string(ws.last_run_dir().join("logs/train.log")).unwrap();
+    assert!(
+        log.contains("training on") && log.contains("with 0.5"),
+        "{log}"
+    );
+    assert!(log.contains(&format!("submitted Slurm job {job}")), "{log}");
+    // No-op: nothing is submitted again.
+    slurm.pipe(&ws, &["build"]).ok().err_has("0 ran");
+
+    // A failing job fails the stage with its exit code; the lock gets no entry.
+    let bad = Ws::new(&pipeline(
+        &part,
+        "[stages.bad]\ncmd = \"echo oops; exit 3\"\nouts = [\"x.txt\"]\n",
+    ));
+    let r = slurm.pipe(&bad, &["build"]);
+    r.code(1).err_has("exit code 3").err_has("oops");
+    assert_eq!(
+        bad.last_manifest()["stages"]["bad"]["exit_code"],
+        serde_json::json!(3)
+    );
+    assert!(!bad.exists("Pipeline.lock") || !bad.read("Pipeline.lock").contains("[stages.bad]"));
+
+    // Ctrl-C cancels the submitted job: nothing is left in squeue.
+    let int = Ws::new(&pipeline(
+        &part,
+        "[stages.long]\ncmd = \"sleep 120\"\nouts = [\"y.txt\"]\n",
+    ));
+    let mut c = int.cmd(&["build"]);
+    c.envs(slurm.env.iter().map(|(k, v)| (k, v)));
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let job = loop {
+        let marker = int.path(".pipe/runs");
+        let log = std::fs::read_dir(&marker)
+            .ok()
+            .and_then(|mut rd| rd.next())
+            .and_then(|e| std::fs::read_to_string(e.unwrap().path().join("logs/long.log")).ok());
+        let id = log.and_then(|l| {
+            l.lines().find_map(|x| {
+                x.strip_prefix("[pipe] submitted Slurm job ")
+                    .map(str::to_string)
+            })
+        });
+        if let Some(id) = id
+            && squeue(&slurm, &id) == "RUNNING"
+        {
+            break id;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "job never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gone = (0..50).any(|_| {
+        let st = squeue(&slurm, &job);
+        std::thread::sleep(Duration::from_millis(100));
+        st.is_empty() || st == "CANCELLED"
+    });
+    assert!(gone, "job {job} still queued: {}", squeue(&slurm, &job));
+    assert!(
+        scontrol(&slurm, &job).contains("JobState=CANCELLED"),
+        "{}",
+        scontrol(&slurm, &job)
+    );
+
+    // The time limit: Slurm ended the job, pipe reports it as timed out.
+    let out = slow_child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("timed out after 1s") && err.contains("TIMEOUT"),
+        "{err}"
+    );
+}
