@@ -277,6 +277,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         _ => None,
     };
 
+    record::mark_crashed(&p.layout.runs);
     let rec = Recorder::start(&p.layout.runs)?;
     let mut manifest = Manifest {
         version: record::MANIFEST_VERSION,
@@ -1052,6 +1053,8 @@ impl<'a> Engine<'a> {
         let Some(entry) = self.lock.stages.get(&s.name) else {
             return Ok(());
         };
+        // Modes come from the run-cache entry (the lock keeps only hashes and sizes).
+        let cached = self.cache.get_run(&entry.fingerprint);
         let artifacts = entry
             .outs
             .iter()
@@ -1060,6 +1063,10 @@ impl<'a> Engine<'a> {
                 hash: o.hash.clone(),
                 size: o.size,
                 dir: o.dir,
+                mode: cached
+                    .as_ref()
+                    .and_then(|c| c.outs.get(path))
+                    .map_or(0o644, |c| c.mode),
             })
             .collect();
         let upstream = self.p.with_upstream(&BTreeSet::from([i]));

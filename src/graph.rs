@@ -839,10 +839,19 @@ impl<'a> Builder<'a> {
         let gate = match &rs.gate {
             Some(g) => {
                 let file = subst(self, &g.file, "gate");
+                // Point at the check that does not parse, else at the gate table.
+                let bad = g
+                    .checks
+                    .iter()
+                    .position(|c| crate::gate::parse_check(c).is_err());
                 match GateSpec::parse(&name, g.name.as_deref(), &file, &g.checks) {
                     Ok(spec) => Some(spec),
                     Err(e) => {
-                        self.err(&key_path(n, "gate"), Some(&name), e);
+                        let mut path = vec![Seg::Key("stages"), Seg::Key(n), Seg::Key("gate")];
+                        if let Some(i) = bad {
+                            path.extend([Seg::Key("checks"), Seg::Index(i)]);
+                        }
+                        self.err(&path, Some(&name), e);
                         None
                     }
                 }

@@ -154,6 +154,13 @@ pub fn substitute(
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
+            if ["params.", "matrix.", "item", "key"]
+                .iter()
+                .any(|p| after.starts_with(p))
+            {
+                let shown: String = rest[start..].chars().take(30).collect();
+                return Err(format!("`{shown}` is not closed: expected `}}`"));
+            }
             out.push_str(&rest[start..]);
             return Ok(out);
         };
@@ -195,6 +202,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s, "echo <params:a> ${HOME} $X <matrix:b>");
+        let e = substitute("echo ${params.lr", |_, _| Ok(String::new())).unwrap_err();
+        assert!(e.contains("is not closed"), "{e}");
+        assert_eq!(
+            substitute("echo ${HOME", |_, _| Ok(String::new())).unwrap(),
+            "echo ${HOME"
+        );
         assert_eq!(
             references("${params.train.lr} ${PATH}"),
             vec![("params".into(), "train.lr".into())]
@@ -207,7 +220,7 @@ mod tests {
         set_existing(&mut t, "train.lr", toml::Value::Float(0.2)).unwrap();
         assert_eq!(lookup(&t, "train.lr"), Some(&toml::Value::Float(0.2)));
         let e = set_existing(&mut t, "train.lrr", toml::Value::Float(0.2)).unwrap_err();
-        assert!(e.contains("did you mean `lr`"), "{e}");
+        assert!(e.contains("did you mean `train.lr`"), "{e}");
         assert_eq!(env_name("train.lr"), "PIPE_PARAM_TRAIN_LR");
     }
 }

@@ -87,6 +87,13 @@ pub struct Artifact {
     pub size: u64,
     #[serde(default)]
     pub dir: bool,
+    /// File mode (so an executable release stays executable on rollback).
+    #[serde(default = "default_mode")]
+    pub mode: u32,
+}
+
+fn default_mode() -> u32 {
+    0o644
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -290,4 +297,17 @@ pub fn list_releases(releases_dir: &Path) -> Vec<ReleaseManifest> {
     };
     out.sort_by(|a, b| b.run_id.cmp(&a.run_id).then(a.stage.cmp(&b.stage)));
     out
+}
+
+/// Runs still marked `running` when a new build holds the workspace died without closing
+/// their records (kill -9, power loss): mark them `crashed` so `pipe runs` tells the truth.
+pub fn mark_crashed(runs_dir: &Path) {
+    for mut m in list_runs(runs_dir) {
+        if m.status == "running" {
+            m.status = "crashed".into();
+            if let Ok(bytes) = serde_json::to_vec_pretty(&m) {
+                let _ = atomic_write(&runs_dir.join(&m.run_id).join("manifest.json"), &bytes);
+            }
+        }
+    }
 }

@@ -268,8 +268,8 @@ fn resource_request_larger_than_its_pool() {
 fn gate_check_that_does_not_parse() {
     let run = rejects(
         "[stages.eval]\ncmd = \"touch ran-marker; echo '{}' > m.json\"\nouts = [\"m.json\"]\n[stages.eval.gate]\nfile = \"m.json\"\nchecks = [\"acc >= 0.5\", \"loss >>= 3\"]\n",
-        // The error points at the gate (its table or its checks).
-        4,
+        // The error points at the check that does not parse.
+        6,
         "eval",
         &["loss >>= 3"],
     );

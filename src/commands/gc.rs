@@ -143,7 +143,14 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
             .and_then(|d| d.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if name.starts_with(".tmp-") || !keep.objects.contains(&format!("{prefix}{name}")) {
+        // A temporary file may belong to a build writing right now: only old ones are litter.
+        let stale_tmp = name.starts_with(".tmp-")
+            && std::fs::metadata(&f)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 3600));
+        if stale_tmp
+            || (!name.starts_with(".tmp-") && !keep.objects.contains(&format!("{prefix}{name}")))
+        {
             remove(&f);
         }
     }

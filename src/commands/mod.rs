@@ -57,9 +57,10 @@ pub fn validate(ctx: &Ctx, rep: &Reporter) -> Result<i32> {
         "Valid",
         Tone::Good,
         &format!(
-            "{}: {} stages, {edges} edges",
+            "{}: {} stages, {edges} {}",
             p.source.display,
-            p.stages.len()
+            p.stages.len(),
+            if edges == 1 { "edge" } else { "edges" }
         ),
     );
     Ok(exit::OK)

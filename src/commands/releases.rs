@@ -67,7 +67,7 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
                 hash: art.hash.clone(),
                 size: art.size,
                 dir: art.dir,
-                mode: 0o644,
+                mode: art.mode,
             };
             if !cache.has_out(&out) {
                 return Err(failed(format!(
@@ -91,7 +91,7 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
                 hash: art.hash.clone(),
                 size: art.size,
                 dir: art.dir,
-                mode: 0o644,
+                mode: art.mode,
             };
             cache.restore_out(&p.root, &art.path, &out, &stat)?;
             rep.status(
