@@ -368,19 +368,4 @@ impl Cache {
             .filter_map(|fp| self.get_run(&fp))
             .collect()
     }
-
-    /// Move a verified downloaded object into place (create-only semantics: an existing
-    /// object is left alone).
-    pub fn put_object_bytes(&self, digest: &str, bytes: &[u8]) -> Result<()> {
-        if blake3::hash(bytes).to_hex().as_str() != digest {
-            bail!("object {digest} does not match its hash; refused");
-        }
-        let dest = self.object_path(digest);
-        if dest.exists() {
-            return Ok(());
-        }
-        atomic_write(&dest, bytes)?;
-        let _ = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o444));
-        Ok(())
-    }
 }

@@ -6,6 +6,7 @@ use crate::state::{Stat, StatCache};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -92,9 +93,8 @@ impl<'a> Hasher<'a> {
         }
     }
 
-    /// Hash a file given its workspace-relative path and metadata.
-    fn file_with(&self, rel: &str, meta: &std::fs::Metadata) -> Result<FileHash> {
-        let stat = Stat::of(meta);
+    /// Hash a file given its workspace-relative path and stat.
+    fn file_with(&self, rel: &str, stat: Stat) -> Result<FileHash> {
         if let Some(d) = self.stat.get(rel, &stat) {
             return Ok(FileHash {
                 digest: d,
@@ -132,7 +132,7 @@ impl<'a> Hasher<'a> {
             let files = self.walk(rel, None)?;
             self.files(files, rel)
         } else {
-            Ok(PathHash::File(self.file_with(rel, &meta)?))
+            Ok(PathHash::File(self.file_with(rel, Stat::of(&meta))?))
         }
     }
 
@@ -160,58 +160,89 @@ impl<'a> Hasher<'a> {
     }
 
     /// Files under a workspace-relative folder (never `.git` or `.pipe`), optionally filtered
-    /// by a glob over workspace-relative paths.
+    /// by a glob over workspace-relative paths. Folders are listed in parallel, each entry
+    /// stat'ed relative to its folder (no full-path lookup per file); symlinks are followed
+    /// and a link back to a folder being listed is an error. Order is not significant: the
+    /// caller sorts.
     fn walk(
         &self,
         rel_dir: &str,
         glob: Option<&globset::GlobMatcher>,
-    ) -> Result<Vec<(String, std::fs::Metadata)>> {
+    ) -> Result<Vec<(String, Stat)>> {
         let dir = if rel_dir.is_empty() {
             self.root.clone()
         } else {
             self.root.join(rel_dir)
         };
-        let mut paths = Vec::new();
-        let walker = walkdir::WalkDir::new(&dir)
-            .follow_links(true)
-            .sort_by_file_name()
-            .into_iter();
-        for entry in walker.filter_entry(|e| e.depth() == 0 || !skip_name(e.file_name())) {
-            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-            if entry.file_type().is_dir() {
+        let meta =
+            std::fs::metadata(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        let mut out = Vec::new();
+        self.walk_dir(rel_dir, &dir, &[(meta.dev(), meta.ino())], glob, &mut out)?;
+        Ok(out)
+    }
+
+    fn walk_dir(
+        &self,
+        rel_dir: &str,
+        dir: &Path,
+        ancestors: &[(u64, u64)],
+        glob: Option<&globset::GlobMatcher>,
+        out: &mut Vec<(String, Stat)>,
+    ) -> Result<()> {
+        let list = || format!("cannot list {}", dir.display());
+        let mut subdirs: Vec<(String, PathBuf, (u64, u64))> = Vec::new();
+        for entry in std::fs::read_dir(dir).with_context(list)? {
+            let entry = entry.with_context(list)?;
+            let name = entry.file_name();
+            if skip_name(&name) {
                 continue;
             }
-            let rel = entry
-                .path()
-                .strip_prefix(&self.root)
-                .unwrap_or(entry.path())
-                .to_string_lossy()
-                .into_owned();
-            if let Some(g) = glob
-                && !g.is_match(&rel)
-            {
-                continue;
+            let name = name.to_string_lossy();
+            let rel = if rel_dir.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            let ft = entry.file_type().with_context(list)?;
+            let meta = if ft.is_symlink() {
+                std::fs::metadata(entry.path())
+            } else {
+                entry.metadata()
             }
-            paths.push(rel);
+            .with_context(|| format!("cannot read {}", entry.path().display()))?;
+            if meta.is_dir() {
+                let id = (meta.dev(), meta.ino());
+                if ft.is_symlink() && ancestors.contains(&id) {
+                    anyhow::bail!(
+                        "{}: a symlink loop (it points back to a folder it is inside)",
+                        entry.path().display()
+                    );
+                }
+                subdirs.push((rel, entry.path(), id));
+            } else if meta.is_file() && glob.is_none_or(|g| g.is_match(&rel)) {
+                out.push((rel, Stat::of(&meta)));
+            }
         }
-        paths
+        let nested: Vec<Vec<(String, Stat)>> = subdirs
             .into_par_iter()
-            .map(|rel| {
-                let full = self.root.join(&rel);
-                let meta = std::fs::metadata(&full)
-                    .with_context(|| format!("cannot read {}", full.display()))?;
-                Ok((rel, meta))
+            .map(|(rel, path, id)| {
+                let mut chain = ancestors.to_vec();
+                chain.push(id);
+                let mut v = Vec::new();
+                self.walk_dir(&rel, &path, &chain, glob, &mut v)?;
+                Ok(v)
             })
-            .filter(|r| !matches!(r, Ok((_, m)) if !m.is_file()))
-            .collect()
+            .collect::<Result<_>>()?;
+        out.extend(nested.into_iter().flatten());
+        Ok(())
     }
 
     /// Hash listed files in parallel into a folder hash, paths made relative to `strip`.
-    fn files(&self, files: Vec<(String, std::fs::Metadata)>, strip: &str) -> Result<PathHash> {
+    fn files(&self, files: Vec<(String, Stat)>, strip: &str) -> Result<PathHash> {
         let mut entries: Vec<Entry> = files
             .par_iter()
-            .map(|(rel, meta)| {
-                let hash = self.file_with(rel, meta)?;
+            .map(|(rel, stat)| {
+                let hash = self.file_with(rel, *stat)?;
                 let short = if strip.is_empty() {
                     rel.clone()
                 } else {

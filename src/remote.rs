@@ -185,6 +185,43 @@ impl Remote {
         }
     }
 
+    /// Stream an object into the local cache, hashing on the way; it enters the cache only
+    /// if its bytes match its name. `None` when the remote lacks it.
+    async fn download_object(&self, cache: &Cache, digest: &str) -> Result<Option<u64>> {
+        use std::io::Write;
+        let rel = Self::object_key(digest);
+        let result = match self.store.get(&self.key(&rel)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(anyhow!(explain(&self.url, &e))),
+        };
+        let dest = cache.object_path(digest);
+        let dir = dest.parent().unwrap_or(&cache.dir).to_path_buf();
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&dir)
+            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut n = 0u64;
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| anyhow!(explain(&self.url, &e)))?;
+            hasher.update(&chunk);
+            n += chunk.len() as u64;
+            tmp.write_all(&chunk).with_context(|| format!("cannot write into {}", dir.display()))?;
+        }
+        if hasher.finalize().to_hex().as_str() != digest {
+            bail!("remote {}: object {digest} does not match its hash; refused", self.url);
+        }
+        tmp.as_file().sync_all().ok();
+        let _ = std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o444));
+        if !dest.exists() {
+            tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("cannot store {}", dest.display()))?;
+        }
+        Ok(Some(n))
+    }
+
     async fn exists(&self, rel: &str) -> Result<bool> {
         match self.store.head(&self.key(rel)).await {
             Ok(_) => Ok(true),
@@ -404,13 +441,10 @@ impl Remote {
             if cache.object_path(&d).exists() {
                 continue;
             }
-            let Some(b) = self.get(&Self::object_key(&d)).await? else {
+            let Some(n) = self.download_object(cache, &d).await? else {
                 bail!("remote cache lacks object {d} of run entry {fp}")
             };
-            cache
-                .put_object_bytes(&d, &b)
-                .map_err(|e| anyhow!("remote {}: {e}", self.url))?;
-            stats.add(b.len() as u64);
+            stats.add(n);
         }
         cache.put_run(&entry)?;
         stats.sent.fetch_add(1, Ordering::Relaxed);
