@@ -455,30 +455,22 @@ impl<'a> Builder<'a> {
             }
             let mut combos: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
             for (key, values) in matrix {
+                let loc = [
+                    Seg::Key("stages"),
+                    Seg::Key(name),
+                    Seg::Key("matrix"),
+                    Seg::Key(key),
+                ];
                 let Some(list) = values.as_array() else {
                     self.err(
-                        &[
-                            Seg::Key("stages"),
-                            Seg::Key(name),
-                            Seg::Key("matrix"),
-                            Seg::Key(key),
-                        ],
+                        &loc,
                         Some(name),
                         format!("matrix `{key}` must be a list of values"),
                     );
                     return vec![];
                 };
                 if list.is_empty() {
-                    self.err(
-                        &[
-                            Seg::Key("stages"),
-                            Seg::Key(name),
-                            Seg::Key("matrix"),
-                            Seg::Key(key),
-                        ],
-                        Some(name),
-                        format!("matrix `{key}` has no values"),
-                    );
+                    self.err(&loc, Some(name), format!("matrix `{key}` has no values"));
                     return vec![];
                 }
                 combos = combos

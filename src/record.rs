@@ -96,6 +96,18 @@ fn default_mode() -> u32 {
     0o644
 }
 
+impl Artifact {
+    /// The cache's description of this artifact, for checking and restoring it.
+    pub fn cached(&self) -> crate::cache::CachedOut {
+        crate::cache::CachedOut {
+            hash: self.hash.clone(),
+            size: self.size,
+            dir: self.dir,
+            mode: self.mode,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseManifest {
     pub status: String,

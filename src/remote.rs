@@ -197,7 +197,8 @@ impl Remote {
         };
         let dest = cache.object_path(digest);
         let dir = dest.parent().unwrap_or(&cache.dir).to_path_buf();
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp-")
             .tempfile_in(&dir)
@@ -209,15 +210,24 @@ impl Remote {
             let chunk = chunk.map_err(|e| anyhow!(explain(&self.url, &e)))?;
             hasher.update(&chunk);
             n += chunk.len() as u64;
-            tmp.write_all(&chunk).with_context(|| format!("cannot write into {}", dir.display()))?;
+            tmp.write_all(&chunk)
+                .with_context(|| format!("cannot write into {}", dir.display()))?;
         }
         if hasher.finalize().to_hex().as_str() != digest {
-            bail!("remote {}: object {digest} does not match its hash; refused", self.url);
+            bail!(
+                "remote {}: object {digest} does not match its hash; refused",
+                self.url
+            );
         }
         tmp.as_file().sync_all().ok();
-        let _ = std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o444));
+        let _ = std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o444),
+        );
         if !dest.exists() {
-            tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("cannot store {}", dest.display()))?;
+            tmp.persist(&dest)
+                .map_err(|e| e.error)
+                .with_context(|| format!("cannot store {}", dest.display()))?;
         }
         Ok(Some(n))
     }

@@ -1,7 +1,7 @@
 //! `pipe releases` and `pipe rollback RUN`.
 
 use super::Ctx;
-use crate::cache::{Cache, CachedOut};
+use crate::cache::Cache;
 use crate::cli::{JsonArg, RollbackArgs};
 use crate::error::{failed, invalid};
 use crate::record;
@@ -63,12 +63,7 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
     // Check every object first so a rollback is all or nothing.
     for r in &chosen {
         for art in &r.artifacts {
-            let out = CachedOut {
-                hash: art.hash.clone(),
-                size: art.size,
-                dir: art.dir,
-                mode: art.mode,
-            };
+            let out = art.cached();
             if !cache.has_out(&out) {
                 return Err(failed(format!(
                     "cannot roll back to {}: the cache no longer holds `{}` ({}); fetch it with `pipe pull` if a remote cache has it",
@@ -87,12 +82,7 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
     rec.event("rollback_start", None, serde_json::json!({"to": a.run}));
     for r in &chosen {
         for art in &r.artifacts {
-            let out = CachedOut {
-                hash: art.hash.clone(),
-                size: art.size,
-                dir: art.dir,
-                mode: art.mode,
-            };
+            let out = art.cached();
             cache.restore_out(&p.root, &art.path, &out, &stat)?;
             rep.status(
                 "Restored",
