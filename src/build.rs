@@ -844,7 +844,7 @@ impl<'a> Engine<'a> {
             return Ok(None);
         }
         let marker = self.p.layout.running_marker(&s.name);
-        crate::fsutil::atomic_write(&marker, format!("{}\n", self.rec.run_id).as_bytes())?;
+        crate::fsutil::quick_write(&marker, format!("{}\n", self.rec.run_id).as_bytes())?;
         self.rec
             .event("stage_start", Some(&s.name), json!({"reasons": reasons}));
         self.rep.stage_started(&s.name);
@@ -1224,7 +1224,16 @@ fn execute(
     };
     match work {
         Work::Restore(entry) => {
-            done.outcome = match cache.restore(root, &entry, stat) {
+            // A cache entry (shared, maybe pulled) may only write the stage's declared outs.
+            let declared: BTreeSet<&str> = s.outs.iter().map(|o| o.path.as_str()).collect();
+            let matches = entry.outs.keys().map(String::as_str).eq(declared.iter().copied());
+            done.outcome = match if matches {
+                cache.restore(root, &entry, stat)
+            } else {
+                Err(anyhow::anyhow!(
+                    "its cache entry lists other outs than the stage declares; not restoring it"
+                ))
+            } {
                 Ok(()) => {
                     done.outs = entry
                         .outs

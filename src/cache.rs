@@ -5,7 +5,7 @@
 //! (folder manifests), `runs/<fingerprint>.json` (run-cache entries). Every write is a temp
 //! file plus rename, so builds in several clones can share one cache folder safely.
 
-use crate::fsutil::atomic_write;
+use crate::fsutil::quick_write;
 use crate::hash::{self, PathHash};
 use crate::state::{Stat, StatCache};
 use anyhow::{Context, Result, bail};
@@ -142,7 +142,7 @@ impl Cache {
                 let digest = digest.to_hex().to_string();
                 let tp = self.tree_path(&digest);
                 if !tp.exists() {
-                    atomic_write(
+                    quick_write(
                         &tp,
                         &serde_json::to_vec_pretty(&Tree {
                             version: VERSION,
@@ -172,7 +172,7 @@ impl Cache {
     }
 
     pub fn put_run(&self, entry: &RunEntry) -> Result<()> {
-        atomic_write(
+        quick_write(
             &self.run_path(&entry.fingerprint),
             &serde_json::to_vec_pretty(entry)?,
         )
@@ -233,9 +233,13 @@ impl Cache {
         out: &CachedOut,
         stat: &StatCache,
     ) -> Result<()> {
+        inside(rel)?;
         let dest = root.join(rel);
         if out.dir {
             let tree = self.read_tree(&out.hash)?;
+            for e in &tree.entries {
+                inside(&e.path)?;
+            }
             let tmp_dir = sibling_tmp(&dest);
             std::fs::create_dir_all(&tmp_dir)
                 .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
@@ -306,6 +310,15 @@ impl Cache {
             self.restore_out(root, rel, out, stat)?;
         }
         Ok(())
+    }
+}
+
+/// A path read from the cache (shared, maybe tampered with) must be plain and relative: no
+/// `..`, not absolute, so a restore can never write outside the workspace.
+fn inside(rel: &str) -> Result<()> {
+    match crate::fsutil::normalize_rel(rel) {
+        Ok((norm, _)) if norm == rel => Ok(()),
+        _ => bail!("the cache names `{rel}`, which is not a path inside the workspace; refusing to restore it"),
     }
 }
 

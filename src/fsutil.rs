@@ -5,7 +5,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Write `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
+/// For records and the lock, which must survive a power cut whole.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replace(path, bytes, true)
+}
+
+/// Like [`atomic_write`] without the fsync: readers never see a torn file and `kill -9`
+/// cannot tear it, but a power cut may lose it. For markers and cache entries, whose loss
+/// only costs a rerun.
+pub fn quick_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replace(path, bytes, false)
+}
+
+fn write_replace(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create folder {}", dir.display()))?;
@@ -14,7 +26,13 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
+        .and_then(|_| {
+            if sync {
+                tmp.as_file().sync_all()
+            } else {
+                Ok(())
+            }
+        })
         .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path)
         .map_err(|e| e.error)

@@ -190,6 +190,7 @@ impl<'a> Hasher<'a> {
         out: &mut Vec<(String, Stat)>,
     ) -> Result<()> {
         let list = || format!("cannot list {}", dir.display());
+        let start = out.len();
         let mut subdirs: Vec<(String, PathBuf, (u64, u64))> = Vec::new();
         for entry in std::fs::read_dir(dir).with_context(list)? {
             let entry = entry.with_context(list)?;
@@ -223,6 +224,9 @@ impl<'a> Hasher<'a> {
                 out.push((rel, Stat::of(&meta)));
             }
         }
+        // Sorted per folder, so the caller's sort of the whole list finds it (nearly) sorted.
+        out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        subdirs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let nested: Vec<Vec<(String, Stat)>> = subdirs
             .into_par_iter()
             .map(|(rel, path, id)| {
@@ -240,15 +244,13 @@ impl<'a> Hasher<'a> {
     /// Hash listed files in parallel into a folder hash, paths made relative to `strip`.
     fn files(&self, files: Vec<(String, Stat)>, strip: &str) -> Result<PathHash> {
         let mut entries: Vec<Entry> = files
-            .par_iter()
-            .map(|(rel, stat)| {
-                let hash = self.file_with(rel, *stat)?;
-                let short = if strip.is_empty() {
-                    rel.clone()
-                } else {
-                    rel[strip.len() + 1..].to_string()
-                };
-                Ok(Entry { rel: short, hash })
+            .into_par_iter()
+            .map(|(mut rel, stat)| {
+                let hash = self.file_with(&rel, stat)?;
+                if !strip.is_empty() {
+                    rel.drain(..strip.len() + 1);
+                }
+                Ok(Entry { rel, hash })
             })
             .collect::<Result<_>>()?;
         entries.sort_by(|a, b| a.rel.cmp(&b.rel));

@@ -314,7 +314,19 @@ pub fn list_releases(releases_dir: &Path) -> Vec<ReleaseManifest> {
 /// Runs still marked `running` when a new build holds the workspace died without closing
 /// their records (kill -9, power loss): mark them `crashed` so `pipe runs` tells the truth.
 pub fn mark_crashed(runs_dir: &Path) {
-    for mut m in list_runs(runs_dir) {
+    // Earlier builds already marked older runs: only the newest few can be left open.
+    let mut ids: Vec<String> = match std::fs::read_dir(runs_dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => return,
+    };
+    ids.sort();
+    for id in ids.iter().rev().take(3) {
+        let Ok(mut m) = read_manifest(&runs_dir.join(id)) else {
+            continue;
+        };
         if m.status == "running" {
             m.status = "crashed".into();
             if let Ok(bytes) = serde_json::to_vec_pretty(&m) {

@@ -45,14 +45,40 @@ struct Entry {
 }
 
 #[derive(Serialize, Deserialize)]
-struct StatFile {
+struct StatFile<S> {
     version: u32,
-    entries: Vec<(String, Entry)>,
+    entries: Vec<(S, Entry)>,
 }
 
+/// Entries as loaded: sorted by path (as saved), paths packed into one string. Looked up by
+/// binary search, so loading builds no hash map and allocates no string per entry.
+#[derive(Default)]
+struct Loaded {
+    paths: String,
+    /// (start, end) of the path in `paths`, and the entry.
+    entries: Vec<(usize, usize, Entry)>,
+}
+
+impl Loaded {
+    fn path(&self, k: usize) -> &str {
+        let (a, b, _) = self.entries[k];
+        &self.paths[a..b]
+    }
+    fn find(&self, rel: &str) -> Option<&Entry> {
+        let k = self
+            .entries
+            .binary_search_by(|(a, b, _)| self.paths[*a..*b].cmp(rel))
+            .ok()?;
+        Some(&self.entries[k].2)
+    }
+}
+
+/// Loaded entries (read-only) plus the ones added since (`put`), which win.
 #[derive(Default)]
 pub struct StatCache {
-    entries: RwLock<HashMap<String, Entry>>,
+    loaded: Loaded,
+    added: RwLock<HashMap<String, Entry>>,
+    has_added: AtomicBool,
     dirty: AtomicBool,
 }
 
@@ -69,11 +95,22 @@ impl StatCache {
         let Ok(bytes) = std::fs::read(path) else {
             return StatCache::default();
         };
-        match postcard::from_bytes::<StatFile>(&bytes) {
-            Ok(f) if f.version == VERSION => StatCache {
-                entries: RwLock::new(f.entries.into_iter().collect()),
-                dirty: AtomicBool::new(false),
-            },
+        match postcard::from_bytes::<StatFile<&str>>(&bytes) {
+            Ok(f) if f.version == VERSION && f.entries.is_sorted_by(|a, b| a.0 < b.0) => {
+                let mut loaded = Loaded {
+                    paths: String::with_capacity(f.entries.iter().map(|e| e.0.len()).sum()),
+                    entries: Vec::with_capacity(f.entries.len()),
+                };
+                for (p, e) in f.entries {
+                    let start = loaded.paths.len();
+                    loaded.paths.push_str(p);
+                    loaded.entries.push((start, loaded.paths.len(), e));
+                }
+                StatCache {
+                    loaded,
+                    ..StatCache::default()
+                }
+            }
             _ => {
                 tracing::warn!("ignoring unreadable stat cache {}", path.display());
                 StatCache::default()
@@ -82,14 +119,19 @@ impl StatCache {
     }
 
     pub fn get(&self, rel: &str, stat: &Stat) -> Option<blake3::Hash> {
-        let map = self.entries.read().ok()?;
-        let e = map.get(rel)?;
+        let added;
+        let e = if self.has_added.load(Ordering::Acquire) {
+            added = self.added.read().ok()?;
+            added.get(rel).or_else(|| self.loaded.find(rel))?
+        } else {
+            self.loaded.find(rel)?
+        };
         (e.stat == *stat && e.hashed_at_ns - stat.mtime_ns > RACY_NS)
             .then(|| blake3::Hash::from_bytes(e.digest))
     }
 
     pub fn put(&self, rel: &str, stat: Stat, digest: blake3::Hash) {
-        if let Ok(mut map) = self.entries.write() {
+        if let Ok(mut map) = self.added.write() {
             map.insert(
                 rel.to_string(),
                 Entry {
@@ -98,6 +140,7 @@ impl StatCache {
                     hashed_at_ns: now_ns(),
                 },
             );
+            self.has_added.store(true, Ordering::Release);
             self.dirty.store(true, Ordering::Relaxed);
         }
     }
@@ -107,12 +150,16 @@ impl StatCache {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
-        let map = self
-            .entries
+        let added = self
+            .added
             .read()
             .map_err(|_| anyhow::anyhow!("stat cache lock poisoned"))?;
-        let mut entries: Vec<(String, Entry)> = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut entries: Vec<(&str, Entry)> = (0..self.loaded.entries.len())
+            .map(|k| (self.loaded.path(k), self.loaded.entries[k].2))
+            .filter(|(p, _)| !added.contains_key(*p))
+            .chain(added.iter().map(|(k, v)| (k.as_str(), *v)))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let bytes = postcard::to_allocvec(&StatFile {
             version: VERSION,
             entries,
