@@ -1226,7 +1226,11 @@ fn execute(
         Work::Restore(entry) => {
             // A cache entry (shared, maybe pulled) may only write the stage's declared outs.
             let declared: BTreeSet<&str> = s.outs.iter().map(|o| o.path.as_str()).collect();
-            let matches = entry.outs.keys().map(String::as_str).eq(declared.iter().copied());
+            let matches = entry
+                .outs
+                .keys()
+                .map(String::as_str)
+                .eq(declared.iter().copied());
             done.outcome = match if matches {
                 cache.restore(root, &entry, stat)
             } else {

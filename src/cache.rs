@@ -318,7 +318,9 @@ impl Cache {
 fn inside(rel: &str) -> Result<()> {
     match crate::fsutil::normalize_rel(rel) {
         Ok((norm, _)) if norm == rel => Ok(()),
-        _ => bail!("the cache names `{rel}`, which is not a path inside the workspace; refusing to restore it"),
+        _ => bail!(
+            "the cache names `{rel}`, which is not a path inside the workspace; refusing to restore it"
+        ),
     }
 }
 

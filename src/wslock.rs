@@ -58,8 +58,25 @@ pub fn acquire(
                 )));
             }
             on_wait(&format!("waiting for another build to finish ({who})"));
-            file.lock()
-                .with_context(|| format!("cannot lock {}", path.display()))?;
+            // Poll rather than block, so Ctrl-C / SIGTERM (counted by the build's handlers,
+            // which restart a blocking flock) still ends a waiting build.
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(std::fs::TryLockError::WouldBlock) => {}
+                    Err(std::fs::TryLockError::Error(e)) => {
+                        return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+                    }
+                }
+                if crate::build::SIGNALS.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    return Err(crate::error::UserError {
+                        code: crate::error::exit::INTERRUPTED,
+                        message: "interrupted while waiting for another build".into(),
+                    }
+                    .into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("cannot lock {}", path.display()));

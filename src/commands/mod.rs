@@ -86,7 +86,10 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
             )));
         }
     }
-    build::install_signal_handlers();
+    if !a.dry_run {
+        // A dry run changes nothing, so Ctrl-C may simply end it.
+        build::install_signal_handlers();
+    }
     let opts = BuildOptions {
         targets: a.stages.clone(),
         jobs: a.jobs.map(|j| j as usize),
