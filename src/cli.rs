@@ -50,8 +50,23 @@ pub enum Command {
     /// Parse and check the pipeline; errors name the file, line and stage
     Validate,
     /// Show which stages are stale and why (exit 1 when any is)
+    #[command(
+        after_help = "Examples:\n  pipe status                 every stage, with all its reasons\n  \
+pipe status evaluate        evaluate and its upstream\n  pipe status --json          for scripts\n  \
+pipe status --set train.lr=0.05   what a param change would rerun\n\n\
+States: up to date, stale, restorable (the cache has outs for these inputs), frozen, blocked (a gate upstream failed)."
+    )]
     Status(StatusArgs),
     /// Bring stages up to date: run what is stale, restore what the cache has
+    #[command(
+        after_help = "Examples:\n  pipe build                  everything that is stale\n  \
+pipe build train -j 4       train and its upstream, 4 stages at once\n  \
+pipe build --dry-run        the plan with reasons; nothing runs\n  \
+pipe build --set train.lr=0.05 --force train\n  \
+pipe build --pull --push    share the remote cache (CI)\n\n\
+Exit codes: 0 success, 1 a stage failed, 2 invalid pipeline or flags, 3 a gate failed, 130 interrupted.\n\
+Records: .pipe/runs/<run-id>/ (manifest.json, events.jsonl, logs/, gates/); see `pipe runs`, `pipe log`."
+    )]
     Build(BuildArgs),
     /// Print the stage graph
     Dag(DagArgs),
