@@ -174,3 +174,46 @@ lr = 0.5
         "{err}"
     );
 }
+
+#[test]
+fn missing_or_rejecting_sbatch_is_a_clear_error_naming_the_stage() {
+    let ws = Ws::new(
+        "[stages.train]\ncmd = \"echo hi > m.txt\"\nouts = [\"m.txt\"]\nexecutor = \"slurm\"\n",
+    );
+    // No sbatch anywhere on PATH.
+    let empty = tempfile::tempdir().unwrap();
+    let r: common::Run = ws
+        .cmd(&["build"])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap()
+        .into();
+    r.code(1)
+        .err_has("stage `train`")
+        .err_has("cannot run `sbatch`");
+
+    // An sbatch that refuses the job.
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("sbatch");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let r: common::Run = ws
+        .cmd(&["build"])
+        .env("PATH", path)
+        .output()
+        .unwrap()
+        .into();
+    r.code(1)
+        .err_has("stage `train`: Slurm rejected the job")
+        .err_has("invalid partition");
+    assert!(!ws.exists("m.txt"));
+}
