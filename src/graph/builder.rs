@@ -1,0 +1,297 @@
+//! Turning the raw file into a `Pipeline`: parse errors with locations, params files,
+//! `--set`, the executor table; per-stage work is in `stage.rs`, edges in `link.rs`.
+
+use super::stage::valid_stage_name;
+use super::*;
+use crate::error::{invalid, suggest};
+use crate::fsutil::Layout;
+use crate::params;
+use crate::source::{Diag, Seg, Source, diags_error};
+use crate::spec::{self, RawPipeline};
+use anyhow::Result;
+use indexmap::IndexMap;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub(super) struct Builder<'a> {
+    pub(super) src: Source,
+    pub(super) root: PathBuf,
+    pub(super) opts: &'a LoadOptions,
+    pub(super) diags: Vec<Diag>,
+}
+
+pub(super) fn key_path<'a>(stage: &'a str, key: &'a str) -> [Seg<'a>; 3] {
+    [Seg::Key("stages"), Seg::Key(stage), Seg::Key(key)]
+}
+
+impl<'a> Builder<'a> {
+    pub(super) fn new(src: Source, root: PathBuf, opts: &'a LoadOptions) -> Self {
+        Builder {
+            src,
+            root,
+            opts,
+            diags: Vec::new(),
+        }
+    }
+
+    pub(super) fn err(&mut self, path: &[Seg], stage: Option<&str>, msg: impl Into<String>) {
+        let d = self.src.diag(path, stage, msg);
+        self.diags.push(d);
+    }
+
+    pub(super) fn err_help(
+        &mut self,
+        path: &[Seg],
+        stage: Option<&str>,
+        msg: impl Into<String>,
+        help: Option<String>,
+    ) {
+        let d = self.src.diag(path, stage, msg).help(help);
+        self.diags.push(d);
+    }
+
+    pub(super) fn bail_if_errors(&mut self) -> Result<()> {
+        if self.diags.is_empty() {
+            Ok(())
+        } else {
+            Err(diags_error(std::mem::take(&mut self.diags)))
+        }
+    }
+
+    pub(super) fn parse_error(&self, e: toml::de::Error) -> anyhow::Error {
+        let offset = e.span().map(|s| s.start);
+        let mut message = e.message().trim().to_string();
+        let mut help = None;
+        if let Some(rest) = message.strip_prefix("unknown field `")
+            && let Some((field, tail)) = rest.split_once('`')
+        {
+            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+            help = suggest(field, expected.iter().copied()).map(|s| format!("did you mean `{s}`?"));
+            if help.is_none() && !expected.is_empty() {
+                help = Some(format!("known keys: {}", expected.join(", ")));
+            }
+            message = format!("unknown key `{field}`");
+        }
+        let stage = offset.and_then(|off| self.stage_at(off));
+        let d = self
+            .src
+            .diag_at(offset, stage.as_deref(), message)
+            .help(help);
+        diags_error(vec![d])
+    }
+
+    /// The stage whose table encloses a byte offset (the last stage header before it).
+    pub(super) fn stage_at(&self, offset: usize) -> Option<String> {
+        let text = &self.src.text[..offset.min(self.src.text.len())];
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with("[stages."))?;
+        let inner = line.trim().trim_start_matches('[').trim_end_matches(']');
+        let name = inner.strip_prefix("stages.")?;
+        let name = name.split('.').next()?.trim_matches('"');
+        Some(name.to_string())
+    }
+
+    pub(super) fn build(mut self) -> Result<Pipeline> {
+        let raw: RawPipeline = spec::parse(&self.src.text).map_err(|e| self.parse_error(e))?;
+        let mut params = raw.params.clone();
+        if let Some(pf) = &raw.params_file {
+            self.merge_params_file(pf, &mut params);
+            self.bail_if_errors()?;
+        }
+        for (key, value) in &self.opts.overrides {
+            params::set_existing(&mut params, key, value.clone())
+                .map_err(|e| invalid(format!("--set {key}: {e}")))?;
+        }
+        if let Some(0) = raw.pipeline.jobs {
+            self.err(
+                &[Seg::Key("pipeline"), Seg::Key("jobs")],
+                None,
+                "`jobs` must be at least 1",
+            );
+        }
+        let (executor, slurm) = self.executor(&raw);
+
+        // Expand matrix / foreach stages into concrete stages.
+        let mut stages = Vec::new();
+        let mut groups: IndexMap<String, Vec<usize>> = IndexMap::new();
+        for (name, rs) in &raw.stages {
+            if !valid_stage_name(name) {
+                self.err(
+                    &[Seg::Key("stages"), Seg::Key(name)],
+                    Some(name),
+                    "stage names may hold only letters, digits, `_`, `-` and `.`",
+                );
+                continue;
+            }
+            let members = self.expand(name, rs);
+            let is_group = rs.matrix.is_some() || rs.foreach.is_some();
+            for vars in members {
+                if let Some(stage) = self.stage(name, rs, vars, &params, &raw, executor) {
+                    if is_group {
+                        groups.entry(name.clone()).or_default().push(stages.len());
+                    }
+                    stages.push(stage);
+                }
+            }
+        }
+        self.bail_if_errors()?;
+
+        let mut index = HashMap::new();
+        for (i, s) in stages.iter().enumerate() {
+            if index.insert(s.name.clone(), i).is_some() {
+                let src = s.source_name.clone();
+                self.err(
+                    &[Seg::Key("stages"), Seg::Key(&src)],
+                    Some(&s.name),
+                    format!("two matrix members are both named `{}`", s.name),
+                );
+            }
+        }
+        self.bail_if_errors()?;
+        self.link(&mut stages, &index);
+        self.bail_if_errors()?;
+        let order = self.toposort(&stages)?;
+
+        let layout = Layout::new(
+            &self.root,
+            raw.pipeline.cache_dir.as_deref(),
+            raw.pipeline.runs_dir.as_deref(),
+        );
+        Ok(Pipeline {
+            file: self.src.path.clone(),
+            root: self.root,
+            name: raw.pipeline.name.clone(),
+            jobs: raw.pipeline.jobs,
+            keep_runs: raw.pipeline.keep_runs.unwrap_or(20),
+            layout,
+            resources: raw.resources.clone(),
+            params,
+            stages,
+            index,
+            groups,
+            order,
+            remote: raw.remote.clone(),
+            executor,
+            slurm,
+            source: self.src,
+        })
+    }
+
+    pub(super) fn executor(&mut self, raw: &RawPipeline) -> (ExecutorKind, SlurmConfig) {
+        let ex = raw.executor.clone().unwrap_or_default();
+        let kind = match ex.kind.as_deref() {
+            None | Some("local") => ExecutorKind::Local,
+            Some("slurm") => ExecutorKind::Slurm,
+            Some(other) => {
+                self.err(
+                    &[Seg::Key("executor"), Seg::Key("kind")],
+                    None,
+                    format!("unknown executor `{other}` (expected `local` or `slurm`)"),
+                );
+                ExecutorKind::Local
+            }
+        };
+        let s = ex.slurm.unwrap_or_default();
+        let slurm = SlurmConfig {
+            partition: s.partition,
+            extra_args: s.extra_args,
+            poll_interval: Duration::from_secs_f64(
+                s.poll_interval.unwrap_or(1.0).clamp(0.05, 60.0),
+            ),
+        };
+        (kind, slurm)
+    }
+
+    pub(super) fn merge_params_file(&mut self, file: &str, params: &mut toml::Table) {
+        let path = self.root.join(file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err(
+                    &[Seg::Key("params_file")],
+                    None,
+                    format!("cannot read params file `{file}`: {e}"),
+                );
+                return;
+            }
+        };
+        let loaded: Result<toml::Table, String> = if file.ends_with(".json") {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    json_to_toml(&v).and_then(|t| {
+                        t.as_table()
+                            .cloned()
+                            .ok_or_else(|| "the top level must be an object".into())
+                    })
+                })
+        } else {
+            toml::from_str(&text).map_err(|e| e.to_string())
+        };
+        let loaded = match loaded {
+            Ok(t) => t,
+            Err(e) => {
+                self.err(
+                    &[Seg::Key("params_file")],
+                    None,
+                    format!("params file `{file}` is invalid: {e}"),
+                );
+                return;
+            }
+        };
+        let existing = spec::flatten_params(params);
+        let existing_keys = params::all_keys(params);
+        for key in params::all_keys(&loaded) {
+            let is_leaf = !matches!(params::lookup(&loaded, &key), Some(toml::Value::Table(_)));
+            if is_leaf && (existing.contains_key(&key) || existing_keys.contains(&key)) {
+                let mut path = vec![Seg::Key("params")];
+                path.extend(key.split('.').map(Seg::Key));
+                self.err(
+                    &path,
+                    None,
+                    format!("param `{key}` is defined twice: here and in params file `{file}`"),
+                );
+            }
+        }
+        deep_merge(params, loaded);
+    }
+}
+
+fn deep_merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => deep_merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+fn json_to_toml(v: &serde_json::Value) -> std::result::Result<toml::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => return Err("null values are not allowed in params".into()),
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(a) => toml::Value::Array(
+            a.iter()
+                .map(json_to_toml)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        J::Object(o) => {
+            let mut t = toml::Table::new();
+            for (k, v) in o {
+                t.insert(k.clone(), json_to_toml(v)?);
+            }
+            toml::Value::Table(t)
+        }
+    })
+}

@@ -1,0 +1,198 @@
+//! The validated pipeline: stages with normalised paths, substituted commands, the graph
+//! from outs → deps (plus `after`), topological order and target selection.
+//!
+//! Everything that can be checked without running a command is checked here, once;
+//! later steps never re-check.
+
+mod builder;
+mod link;
+mod stage;
+
+use crate::error::{invalid, suggest};
+use crate::fsutil::Layout;
+use crate::gate::GateSpec;
+use crate::source::Source;
+use crate::spec::{self};
+use anyhow::Result;
+use builder::Builder;
+use globset::GlobMatcher;
+use indexmap::IndexMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A dependency as declared: a path (file or folder) or a glob.
+#[derive(Debug, Clone)]
+pub struct Dep {
+    /// The normalised text (folders keep no trailing slash; globs as written).
+    pub path: String,
+    pub glob: Option<GlobMatcher>,
+}
+
+/// A declared output: a file or a folder.
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub path: String,
+    pub dir_hint: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    Local,
+    Slurm,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SlurmConfig {
+    pub partition: Option<String>,
+    pub extra_args: Vec<String>,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    /// The `[stages.NAME]` table this stage came from (differs for matrix members).
+    pub source_name: String,
+    /// Matrix values of a matrix member, in declaration order.
+    pub matrix: Vec<(String, String)>,
+    /// The commands as written (before `${…}` substitution): "command changed" compares these.
+    pub cmd_template: Vec<String>,
+    /// The commands as run.
+    pub cmds: Vec<String>,
+    pub deps: Vec<Dep>,
+    pub outs: Vec<Out>,
+    pub params: BTreeMap<String, toml::Value>,
+    pub env: BTreeMap<String, String>,
+    pub wdir: Option<String>,
+    pub after: Vec<String>,
+    pub resources: BTreeMap<String, u32>,
+    pub retries: u32,
+    pub retry_delay: Duration,
+    pub timeout: Option<Duration>,
+    pub gate: Option<GateSpec>,
+    pub release: bool,
+    pub cache: bool,
+    pub always: bool,
+    pub frozen: bool,
+    pub persist: bool,
+    pub metrics: Vec<String>,
+    pub executor: ExecutorKind,
+    pub upstream: Vec<usize>,
+    pub downstream: Vec<usize>,
+}
+
+impl Stage {
+    /// A stage with neither deps nor outs runs on every build.
+    pub fn runs_every_time(&self) -> bool {
+        self.always || (self.deps.is_empty() && self.outs.is_empty())
+    }
+    /// Whether a successful run is stored in / restored from the cache.
+    pub fn cacheable(&self) -> bool {
+        self.cache && !self.outs.is_empty() && !self.runs_every_time()
+    }
+}
+
+pub struct Pipeline {
+    pub file: PathBuf,
+    pub root: PathBuf,
+    pub source: Source,
+    pub name: Option<String>,
+    pub jobs: Option<usize>,
+    pub keep_runs: usize,
+    pub layout: Layout,
+    pub resources: IndexMap<String, u32>,
+    pub params: toml::Table,
+    pub stages: Vec<Stage>,
+    pub index: HashMap<String, usize>,
+    /// Matrix groups: source name → members.
+    pub groups: IndexMap<String, Vec<usize>>,
+    /// Stage indices in a topological order (declaration order where free).
+    pub order: Vec<usize>,
+    pub remote: Option<spec::RawRemote>,
+    pub executor: ExecutorKind,
+    pub slurm: SlurmConfig,
+}
+
+/// What the loader needs beyond the file: `--set` overrides.
+#[derive(Default, Clone)]
+pub struct LoadOptions {
+    pub overrides: Vec<(String, toml::Value)>,
+}
+
+impl Pipeline {
+    pub fn load(file: &Path, display: String, opts: &LoadOptions) -> Result<Pipeline> {
+        let source = Source::read(file, display)?;
+        let root = file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let root = if root.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            root
+        };
+        let root = root
+            .canonicalize()
+            .map_err(|e| invalid(format!("cannot open workspace {}: {e}", root.display())))?;
+        Builder::new(source, root, opts).build()
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.index.get(name).map(|&i| &self.stages[i])
+    }
+
+    /// Resolve names (stages or matrix groups) to stage indices; unknown names are an error.
+    pub fn resolve_targets(&self, names: &[String]) -> Result<BTreeSet<usize>> {
+        let mut set = BTreeSet::new();
+        for name in names {
+            if let Some(&i) = self.index.get(name) {
+                set.insert(i);
+            } else if let Some(members) = self.groups.get(name) {
+                set.extend(members.iter().copied());
+            } else {
+                let hint = suggest(
+                    name,
+                    self.index
+                        .keys()
+                        .map(String::as_str)
+                        .chain(self.groups.keys().map(String::as_str)),
+                )
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+                return Err(invalid(format!(
+                    "no stage named `{name}` in {}{hint}",
+                    self.source.display
+                )));
+            }
+        }
+        Ok(set)
+    }
+
+    /// The given stages plus everything upstream of them.
+    pub fn with_upstream(&self, set: &BTreeSet<usize>) -> BTreeSet<usize> {
+        self.closure(set, |s| &s.upstream)
+    }
+
+    /// The given stages plus everything downstream of them.
+    pub fn with_downstream(&self, set: &BTreeSet<usize>) -> BTreeSet<usize> {
+        self.closure(set, |s| &s.downstream)
+    }
+
+    fn closure(
+        &self,
+        set: &BTreeSet<usize>,
+        next: impl Fn(&Stage) -> &Vec<usize>,
+    ) -> BTreeSet<usize> {
+        let mut out = set.clone();
+        let mut stack: Vec<usize> = set.iter().copied().collect();
+        while let Some(i) = stack.pop() {
+            for &j in next(&self.stages[i]) {
+                if out.insert(j) {
+                    stack.push(j);
+                }
+            }
+        }
+        out
+    }
+}
