@@ -77,70 +77,94 @@ impl LockFile {
 
     /// The deterministic TOML text: stages sorted by name, keys in a fixed order.
     pub fn render(&self) -> String {
-        let mut doc = DocumentMut::new();
-        doc["version"] = value(VERSION);
-        let mut stages = Table::new();
-        stages.set_implicit(true);
+        self.render_cached(&mut RenderCache::default())
+    }
+
+    /// [`render`](Self::render), re-rendering only the stages whose entry changed since the
+    /// cache last saw them (a build rewrites the lock often; most entries stay the same).
+    pub fn render_cached(&self, cache: &mut RenderCache) -> String {
+        cache.0.retain(|name, _| self.stages.contains_key(name));
+        let mut out = format!("version = {VERSION}\n");
         for (name, e) in &self.stages {
-            let mut t = Table::new();
-            t["fingerprint"] = value(&e.fingerprint);
-            if e.cmd.len() == 1 {
-                t["cmd"] = value(&e.cmd[0]);
-            } else {
-                let mut arr = toml_edit::Array::new();
-                for c in &e.cmd {
-                    arr.push(c.as_str());
-                }
-                t["cmd"] = value(arr);
+            let fresh = matches!(cache.0.get(name), Some((seen, _)) if seen == e);
+            if !fresh {
+                cache
+                    .0
+                    .insert(name.clone(), (e.clone(), render_stage(name, e)));
             }
-            if let Some(w) = &e.wdir {
-                t["wdir"] = value(w);
-            }
-            let sub = |map: &mut dyn Iterator<Item = (String, toml_edit::Value)>| {
-                let mut st = Table::new();
-                for (k, v) in map {
-                    st.insert(&k, Item::Value(v));
-                }
-                st
-            };
-            if !e.params.is_empty() {
-                t["params"] = Item::Table(sub(&mut e
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), to_edit(v)))));
-            }
-            if !e.env.is_empty() {
-                t["env"] = Item::Table(sub(&mut e
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().into()))));
-            }
-            if !e.deps.is_empty() {
-                t["deps"] = Item::Table(sub(&mut e
-                    .deps
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().into()))));
-            }
-            if !e.outs.is_empty() {
-                t["outs"] = Item::Table(sub(&mut e.outs.iter().map(|(k, o)| {
-                    let mut it = InlineTable::new();
-                    it.insert("hash", o.hash.as_str().into());
-                    it.insert("size", (o.size as i64).into());
-                    if o.dir {
-                        it.insert("dir", true.into());
-                    }
-                    (k.clone(), toml_edit::Value::InlineTable(it))
-                })));
-            }
-            stages.insert(name, Item::Table(t));
+            out.push('\n');
+            out.push_str(&cache.0[name].1);
         }
-        doc["stages"] = Item::Table(stages);
-        doc.to_string()
+        out
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::fsutil::atomic_write(path, self.render().as_bytes())
     }
+}
+
+/// Rendered `[stages.NAME]` sections by stage, with the entry each was rendered from.
+#[derive(Default)]
+pub struct RenderCache(std::collections::HashMap<String, (LockEntry, String)>);
+
+/// One stage's section (its table and sub-tables) as TOML text.
+fn render_stage(name: &str, e: &LockEntry) -> String {
+    let mut doc = DocumentMut::new();
+    let mut stages = Table::new();
+    stages.set_implicit(true);
+    let mut t = Table::new();
+    t["fingerprint"] = value(&e.fingerprint);
+    if e.cmd.len() == 1 {
+        t["cmd"] = value(&e.cmd[0]);
+    } else {
+        let mut arr = toml_edit::Array::new();
+        for c in &e.cmd {
+            arr.push(c.as_str());
+        }
+        t["cmd"] = value(arr);
+    }
+    if let Some(w) = &e.wdir {
+        t["wdir"] = value(w);
+    }
+    let sub = |map: &mut dyn Iterator<Item = (String, toml_edit::Value)>| {
+        let mut st = Table::new();
+        for (k, v) in map {
+            st.insert(&k, Item::Value(v));
+        }
+        st
+    };
+    if !e.params.is_empty() {
+        t["params"] = Item::Table(sub(&mut e
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), to_edit(v)))));
+    }
+    if !e.env.is_empty() {
+        t["env"] = Item::Table(sub(&mut e
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().into()))));
+    }
+    if !e.deps.is_empty() {
+        t["deps"] = Item::Table(sub(&mut e
+            .deps
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().into()))));
+    }
+    if !e.outs.is_empty() {
+        t["outs"] = Item::Table(sub(&mut e.outs.iter().map(|(k, o)| {
+            let mut it = InlineTable::new();
+            it.insert("hash", o.hash.as_str().into());
+            it.insert("size", (o.size as i64).into());
+            if o.dir {
+                it.insert("dir", true.into());
+            }
+            (k.clone(), toml_edit::Value::InlineTable(it))
+        })));
+    }
+    stages.insert(name, Item::Table(t));
+    doc["stages"] = Item::Table(stages);
+    doc.to_string()
 }
 
 /// `cmd` is written as a string when it is one command, as a list otherwise.

@@ -73,6 +73,8 @@ pub(super) struct Engine<'a> {
     pub(super) cache: Cache,
     pub(super) lock: LockFile,
     pub(super) lock_dirty: bool,
+    /// Rendered lock sections, so a flush re-renders only the entries that changed.
+    pub(super) lock_render: crate::lockfile::RenderCache,
     pub(super) lock_written: Instant,
     pub(super) selected: BTreeSet<usize>,
     pub(super) forced: BTreeSet<usize>,
@@ -515,7 +517,8 @@ impl<'a> Engine<'a> {
     /// Write the lock if it changed, at most every 200 ms unless `now`.
     pub(super) fn flush_lock(&mut self, now: bool) -> Result<()> {
         if self.lock_dirty && (now || self.lock_written.elapsed() >= LOCK_WRITE_EVERY) {
-            self.lock.save(&self.p.layout.lockfile())?;
+            let text = self.lock.render_cached(&mut self.lock_render);
+            crate::fsutil::atomic_write(&self.p.layout.lockfile(), text.as_bytes())?;
             self.lock_dirty = false;
             self.lock_written = Instant::now();
         }

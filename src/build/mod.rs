@@ -207,6 +207,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         cache,
         lock,
         lock_dirty: false,
+        lock_render: Default::default(),
         lock_written: Instant::now() - LOCK_WRITE_EVERY,
         selected,
         forced,
