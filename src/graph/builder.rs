@@ -51,6 +51,18 @@ impl<'a> Builder<'a> {
         self.diags.push(d);
     }
 
+    /// Record a problem at item `idx` of a stage's list key (`deps`, `outs`, `after`).
+    pub(super) fn err_item(&mut self, s: &Stage, key: &str, idx: usize, msg: impl Into<String>) {
+        let path = [
+            Seg::Key("stages"),
+            Seg::Key(&s.source_name),
+            Seg::Key(key),
+            Seg::Index(idx),
+        ];
+        let d = self.src.diag(&path, Some(&s.name), msg);
+        self.diags.push(d);
+    }
+
     pub(super) fn bail_if_errors(&mut self) -> Result<()> {
         if self.diags.is_empty() {
             Ok(())

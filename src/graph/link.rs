@@ -25,17 +25,7 @@ impl<'a> Builder<'a> {
                             o.path
                         )
                     };
-                    let d = self.src.diag(
-                        &[
-                            Seg::Key("stages"),
-                            Seg::Key(&s.source_name),
-                            Seg::Key("outs"),
-                            Seg::Index(oi),
-                        ],
-                        Some(&s.name),
-                        msg,
-                    );
-                    self.diags.push(d);
+                    self.err_item(s, "outs", oi, msg);
                 } else {
                     outs.insert(o.path.clone(), i);
                 }
@@ -52,17 +42,7 @@ impl<'a> Builder<'a> {
                         "out `{path}` is inside out folder `{parent}` of stage `{}`",
                         stages[j].name
                     );
-                    let d = self.src.diag(
-                        &[
-                            Seg::Key("stages"),
-                            Seg::Key(&s.source_name),
-                            Seg::Key("outs"),
-                            Seg::Index(oi),
-                        ],
-                        Some(&s.name),
-                        msg,
-                    );
-                    self.diags.push(d);
+                    self.err_item(s, "outs", oi, msg);
                 }
                 p = parent;
             }
