@@ -174,7 +174,12 @@ fn run_with_retries(
             Attempt::Interrupted => return Outcome::Interrupted,
             Attempt::Failed { exit_code, message } => {
                 done.exit_code = exit_code;
-                crate::runner::log_note(&spec.log, &format!("attempt {attempt} failed: {message}"));
+                if total > 1 {
+                    crate::runner::log_note(
+                        &spec.log,
+                        &format!("attempt {attempt} failed: {message}"),
+                    );
+                }
                 if attempt >= total || control.cancelled.load(Ordering::SeqCst) {
                     let msg = if total > 1 {
                         format!("{message} (after {attempt} attempts)")
