@@ -53,6 +53,19 @@ pub struct RunEntry {
     pub outs: BTreeMap<String, CachedOut>,
 }
 
+impl RunEntry {
+    /// The entry written after a stage ran: fingerprint → outs.
+    pub fn new(stage: &str, fingerprint: &str, outs: BTreeMap<String, CachedOut>) -> RunEntry {
+        RunEntry {
+            version: VERSION,
+            stage: stage.to_string(),
+            fingerprint: fingerprint.to_string(),
+            created_at: crate::fsutil::now_rfc3339(),
+            outs,
+        }
+    }
+}
+
 /// A restore that found an object whose bytes do not match its name.
 #[derive(Debug)]
 pub struct Corrupt {

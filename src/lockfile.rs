@@ -97,10 +97,6 @@ impl LockFile {
         }
         out
     }
-
-    pub fn save(&self, path: &Path) -> Result<()> {
-        crate::fsutil::atomic_write(path, self.render().as_bytes())
-    }
 }
 
 /// Rendered `[stages.NAME]` sections by stage, with the entry each was rendered from.

@@ -125,24 +125,6 @@ pub fn env_name(key: &str) -> String {
     s
 }
 
-/// The `${ns.key}` references in a text, for the namespaces pipe owns (`params`, `matrix`,
-/// `item`, `key`); any other `${…}` (a shell variable) is left alone.
-pub fn references(text: &str) -> Vec<(String, String)> {
-    let mut refs = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else { break };
-        let inner = &after[..end];
-        let (ns, key) = inner.split_once('.').unwrap_or((inner, ""));
-        if matches!(ns, "params" | "matrix" | "item" | "key") {
-            refs.push((ns.to_string(), key.to_string()));
-        }
-        rest = &after[end + 1..];
-    }
-    refs
-}
-
 /// Replace the references pipe owns using `resolve(ns, key)`; shell `${VAR}` stays as is.
 pub fn substitute(
     text: &str,
@@ -207,10 +189,6 @@ mod tests {
         assert_eq!(
             substitute("echo ${HOME", |_, _| Ok(String::new())).unwrap(),
             "echo ${HOME"
-        );
-        assert_eq!(
-            references("${params.train.lr} ${PATH}"),
-            vec![("params".into(), "train.lr".into())]
         );
     }
 

@@ -3,7 +3,7 @@
 //! event log is written atomically; the event log is appended and flushed line by line so a
 //! crashed run still shows how far it got.
 
-use crate::fsutil::{atomic_write, now_rfc3339};
+use crate::fsutil::atomic_write;
 use crate::lockfile::OutRecord;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -80,32 +80,13 @@ impl Manifest {
     }
 }
 
+/// One released file or folder: its path and what the cache holds for it (hash, size,
+/// folder flag, mode, so an executable stays executable on rollback).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Artifact {
     pub path: String,
-    pub hash: String,
-    pub size: u64,
-    #[serde(default)]
-    pub dir: bool,
-    /// File mode (so an executable release stays executable on rollback).
-    #[serde(default = "default_mode")]
-    pub mode: u32,
-}
-
-fn default_mode() -> u32 {
-    0o644
-}
-
-impl Artifact {
-    /// The cache's description of this artifact, for checking and restoring it.
-    pub fn cached(&self) -> crate::cache::CachedOut {
-        crate::cache::CachedOut {
-            hash: self.hash.clone(),
-            size: self.size,
-            dir: self.dir,
-            mode: self.mode,
-        }
-    }
+    #[serde(flatten)]
+    pub out: crate::cache::CachedOut,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,10 +208,6 @@ pub fn new_run_id() -> String {
 
 pub fn now_rfc3339_ms() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
-
-pub fn started_now() -> String {
-    now_rfc3339()
 }
 
 /// Git commit and dirty flag of the workspace, when it is a git repository.

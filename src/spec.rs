@@ -105,31 +105,6 @@ pub struct RawSlurm {
     pub poll_interval: Option<f64>,
 }
 
-/// Names of the keys each table accepts, for "did you mean" (kept beside the structs).
-pub const STAGE_KEYS: &[&str] = &[
-    "cmd",
-    "deps",
-    "outs",
-    "params",
-    "env",
-    "wdir",
-    "after",
-    "resources",
-    "retries",
-    "retry_delay",
-    "timeout",
-    "gate",
-    "release",
-    "cache",
-    "always",
-    "frozen",
-    "persist",
-    "metrics",
-    "matrix",
-    "foreach",
-    "executor",
-];
-
 /// Parse the text into the raw shape; the error keeps the serde message and byte span.
 pub fn parse(text: &str) -> Result<RawPipeline, toml::de::Error> {
     toml::from_str(text)

@@ -341,18 +341,17 @@ fn scalar() -> impl Strategy<Value = String> {
 
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => prop::sample::select(
-            [
-                pipe::spec::STAGE_KEYS,
-                &[
-                    "name", "jobs", "cache_dir", "runs_dir", "keep_runs", "file", "checks", "url",
-                    "endpoint", "region", "allow_http", "kind", "partition", "extra_args",
-                    "poll_interval", "params_file", "gpu", "lr", "seed", "board", "train",
-                    "pipeline", "stages", "resources", "remote", "executor",
-                ][..],
-            ]
-            .concat()
-        )
+        4 => prop::sample::select(&[
+            // Stage keys.
+            "cmd", "deps", "outs", "params", "env", "wdir", "after", "resources", "retries",
+            "retry_delay", "timeout", "gate", "release", "cache", "always", "frozen", "persist",
+            "metrics", "matrix", "foreach", "executor",
+            // Other tables' keys and names.
+            "name", "jobs", "cache_dir", "runs_dir", "keep_runs", "file", "checks", "url",
+            "endpoint", "region", "allow_http", "kind", "partition", "extra_args",
+            "poll_interval", "params_file", "gpu", "lr", "seed", "board", "train",
+            "pipeline", "stages", "resources", "remote", "executor",
+        ][..])
         .prop_map(String::from),
         1 => "[a-z_]{1,8}",
         1 => tricky().prop_map(|s| quote(&s)),

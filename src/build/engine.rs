@@ -89,6 +89,8 @@ pub(super) struct Engine<'a> {
     pub(super) interrupted: bool,
     pub(super) no_restore: BTreeSet<usize>,
     pub(super) remote: Option<&'a crate::remote::Remote>,
+    /// The workspace's git state, read once per build (manifest and release manifests).
+    pub(super) git: crate::record::Git,
 }
 
 impl<'a> Engine<'a> {
@@ -150,8 +152,9 @@ impl<'a> Engine<'a> {
                 if self.stop {
                     for (_, i) in std::mem::take(&mut runnable) {
                         work_for.remove(&i);
-                        self.finish_skipped(
+                        self.finish_not_started(
                             i,
+                            Status::Skipped,
                             if self.interrupted {
                                 "build interrupted"
                             } else {
@@ -318,11 +321,15 @@ impl<'a> Engine<'a> {
                         },
                         self.stage(u).name
                     );
-                    self.finish_skipped(i, &why);
+                    self.finish_not_started(i, Status::Skipped, &why);
                     return Ok(None);
                 }
                 Some(Status::Blocked) => {
-                    self.finish_blocked(i, &format!("upstream blocked: {}", self.stage(u).name));
+                    self.finish_not_started(
+                        i,
+                        Status::Blocked,
+                        &format!("upstream blocked: {}", self.stage(u).name),
+                    );
                     return Ok(None);
                 }
                 _ if self.gate_failed.contains(&u) => {
@@ -332,8 +339,9 @@ impl<'a> Engine<'a> {
                         .as_ref()
                         .map(|g| g.name.clone())
                         .unwrap_or_default();
-                    self.finish_blocked(
+                    self.finish_not_started(
                         i,
+                        Status::Blocked,
                         &format!("gate failed: {g} (stage {})", self.stage(u).name),
                     );
                     return Ok(None);
@@ -342,8 +350,9 @@ impl<'a> Engine<'a> {
             }
         }
         if self.stop {
-            self.finish_skipped(
+            self.finish_not_started(
                 i,
+                Status::Skipped,
                 if self.interrupted {
                     "build interrupted"
                 } else {
@@ -353,7 +362,7 @@ impl<'a> Engine<'a> {
             return Ok(None);
         }
         if s.frozen {
-            self.finish_simple(i, Status::UpToDate, vec!["frozen".into()]);
+            self.finish_simple(i, Status::UpToDate, vec!["frozen".into()])?;
             return Ok(None);
         }
         let hasher = Hasher::new(&self.p.root, self.stat);
@@ -399,7 +408,7 @@ impl<'a> Engine<'a> {
                 if self.rep.verbose {
                     self.rep.status("Fresh", Tone::Good, &s.name);
                 }
-                self.finish_simple(i, Status::UpToDate, vec![]);
+                self.finish_simple(i, Status::UpToDate, vec![])?;
                 Ok(None)
             }
             Verdict::Stale {

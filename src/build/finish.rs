@@ -177,20 +177,22 @@ impl<'a> Engine<'a> {
         let Some(entry) = self.lock.stages.get(&s.name) else {
             return Ok(());
         };
-        // Modes come from the run-cache entry (the lock keeps only hashes and sizes).
+        // The run-cache entry has the modes; the lock keeps only hashes and sizes.
         let cached = self.cache.get_run(&entry.fingerprint);
         let artifacts = entry
             .outs
             .iter()
-            .map(|(path, o)| record::Artifact {
-                path: path.clone(),
-                hash: o.hash.clone(),
-                size: o.size,
-                dir: o.dir,
-                mode: cached
-                    .as_ref()
-                    .and_then(|c| c.outs.get(path))
-                    .map_or(0o644, |c| c.mode),
+            .map(|(path, o)| {
+                let out = cached.as_ref().and_then(|c| c.outs.get(path)).cloned();
+                record::Artifact {
+                    path: path.clone(),
+                    out: out.unwrap_or_else(|| crate::cache::CachedOut {
+                        hash: o.hash.clone(),
+                        size: o.size,
+                        dir: o.dir,
+                        mode: 0o644,
+                    }),
+                }
             })
             .collect();
         let upstream = self.p.with_upstream(&BTreeSet::from([i]));
@@ -207,7 +209,7 @@ impl<'a> Engine<'a> {
             stage: s.name.clone(),
             artifacts,
             gates,
-            git: record::git_info(&self.p.root),
+            git: self.git.clone(),
             pipeline: self.p.name.clone(),
         };
         self.rec.write_release(&r, &self.p.layout.releases())?;
@@ -229,7 +231,12 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    pub(super) fn finish_simple(&mut self, i: usize, status: Status, reasons: Vec<String>) {
+    pub(super) fn finish_simple(
+        &mut self,
+        i: usize,
+        status: Status,
+        reasons: Vec<String>,
+    ) -> Result<()> {
         let s = self.stage(i);
         let mut rec = StageRecord {
             status: status.as_str().into(),
@@ -245,41 +252,30 @@ impl<'a> Engine<'a> {
         self.status.insert(i, status);
         self.rep.skip_progress(1);
         if status == Status::UpToDate {
-            let _ = self.after_success(i, status);
+            self.after_success(i, status)?;
         }
+        Ok(())
     }
 
-    pub(super) fn finish_skipped(&mut self, i: usize, why: &str) {
+    /// A stage that never starts: `Skipped` (upstream failed, build stopped) or `Blocked`
+    /// (a gate upstream failed).
+    pub(super) fn finish_not_started(&mut self, i: usize, status: Status, why: &str) {
         let s = self.stage(i);
-        self.rec
-            .event("stage_skipped", Some(&s.name), json!({"reason": why}));
-        if !self.interrupted {
-            self.rep
-                .status("Skipped", Tone::Warn, &format!("{} ({why})", s.name));
+        let (event, verb, tone) = match status {
+            Status::Blocked => ("stage_blocked", "Blocked", Tone::Bad),
+            _ => ("stage_skipped", "Skipped", Tone::Warn),
+        };
+        self.rec.event(event, Some(&s.name), json!({"reason": why}));
+        if !(self.interrupted && status == Status::Skipped) {
+            self.rep.status(verb, tone, &format!("{} ({why})", s.name));
         }
         let rec = StageRecord {
-            status: Status::Skipped.as_str().into(),
+            status: status.as_str().into(),
             reasons: vec![why.to_string()],
             ..Default::default()
         };
         self.records.insert(s.name.clone(), rec);
-        self.status.insert(i, Status::Skipped);
-        self.rep.skip_progress(1);
-    }
-
-    pub(super) fn finish_blocked(&mut self, i: usize, why: &str) {
-        let s = self.stage(i);
-        self.rec
-            .event("stage_blocked", Some(&s.name), json!({"reason": why}));
-        self.rep
-            .status("Blocked", Tone::Bad, &format!("{} ({why})", s.name));
-        let rec = StageRecord {
-            status: Status::Blocked.as_str().into(),
-            reasons: vec![why.to_string()],
-            ..Default::default()
-        };
-        self.records.insert(s.name.clone(), rec);
-        self.status.insert(i, Status::Blocked);
+        self.status.insert(i, status);
         self.rep.skip_progress(1);
     }
 }

@@ -8,7 +8,7 @@ mod finish;
 mod pools;
 mod worker;
 
-use crate::cache::{Cache, RunEntry};
+use crate::cache::Cache;
 use crate::error::exit;
 use crate::graph::Pipeline;
 use crate::hash::Hasher;
@@ -199,6 +199,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
     rep.begin(selected.len() as u64);
 
     let mut engine = Engine {
+        git: manifest.git.clone(),
         p,
         opts,
         rep,
@@ -385,19 +386,4 @@ fn print_summary(rep: &Reporter, s: &Summary) {
         tone,
         &format!("{} in {}{run}", parts.join(", "), secs(s.duration_s)),
     );
-}
-
-/// The run-cache entry written after a stage ran: fingerprint → outs.
-pub fn run_entry(
-    stage: &str,
-    fingerprint: &str,
-    cached: BTreeMap<String, crate::cache::CachedOut>,
-) -> RunEntry {
-    RunEntry {
-        version: crate::cache::VERSION,
-        stage: stage.to_string(),
-        fingerprint: fingerprint.to_string(),
-        created_at: crate::fsutil::now_rfc3339(),
-        outs: cached,
-    }
 }

@@ -1,7 +1,6 @@
 //! Worker threads: run a stage (with retries) or restore it, then hash and store its outs.
 
 use super::engine::{Done, Msg, Outcome, Work};
-use super::run_entry;
 use crate::cache::{Cache, Corrupt};
 use crate::graph::{ExecutorKind, Stage};
 use crate::hash::{Hasher, PathHash};
@@ -262,7 +261,7 @@ fn collect_outs(
         anyhow::bail!("the command succeeded but did not create declared out {list}");
     }
     if s.cacheable() {
-        let entry = run_entry(&s.name, fingerprint, cached);
+        let entry = crate::cache::RunEntry::new(&s.name, fingerprint, cached);
         cache.put_run(&entry)?;
         if let Some(r) = remote {
             r.push_entry(cache, &entry)?;

@@ -112,7 +112,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
             ))
         })?;
         for art in &r.artifacts {
-            keep.out(&cache, &art.hash, art.dir)?;
+            keep.out(&cache, &art.out.hash, art.out.dir)?;
         }
     }
     for fp in &fingerprints {

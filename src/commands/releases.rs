@@ -63,14 +63,14 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
     // Check every object first so a rollback is all or nothing.
     for r in &chosen {
         for art in &r.artifacts {
-            let out = art.cached();
-            if !cache.has_out(&out) {
+            let out = &art.out;
+            if !cache.has_out(out) {
                 return Err(failed(format!(
                     "cannot roll back to {}: the cache no longer holds `{}` ({}); fetch it with `pipe pull` if a remote cache has it",
-                    a.run, art.path, art.hash
+                    a.run, art.path, art.out.hash
                 )));
             }
-            if let Err(e) = cache.verify_out(&art.path, &out) {
+            if let Err(e) = cache.verify_out(&art.path, out) {
                 return Err(failed(format!(
                     "cannot roll back to {}: {e:#}; nothing was changed (fetch it again with `pipe pull` if a remote cache has it)",
                     a.run
@@ -82,8 +82,8 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
     rec.event("rollback_start", None, serde_json::json!({"to": a.run}));
     for r in &chosen {
         for art in &r.artifacts {
-            let out = art.cached();
-            cache.restore_out(&p.root, &art.path, &out, &stat)?;
+            let out = &art.out;
+            cache.restore_out(&p.root, &art.path, out, &stat)?;
             rep.status(
                 "Restored",
                 Tone::Good,
