@@ -242,12 +242,14 @@ impl Remote {
 
     /// Create-only upload of a local file; `Ok(false)` when the key already existed.
     async fn put_file(&self, rel: &str, local: &Path) -> Result<(bool, u64)> {
-        if self.exists(rel).await? {
-            return Ok((false, 0));
-        }
         let size = std::fs::metadata(local)
             .with_context(|| format!("cannot read {}", local.display()))?
             .len();
+        // Small objects go straight to a create-only PUT (the server refuses an existing key);
+        // only big ones are looked up first, so they are not uploaded in vain.
+        if size > MULTIPART && self.exists(rel).await? {
+            return Ok((false, 0));
+        }
         let key = self.key(rel);
         if size > MULTIPART {
             // Multipart uploads cannot be create-only; the key was checked just above and

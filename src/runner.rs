@@ -86,6 +86,11 @@ pub enum Attempt {
 /// Something that can run one attempt of a stage's commands: the local shell or Slurm.
 pub trait Executor: Send + Sync {
     fn run(&self, spec: &RunSpec, control: &Control) -> Attempt;
+    /// Extra time pipe allows past a stage's `timeout` before it steps in itself: zero when
+    /// pipe enforces the limit, more when the executor's scheduler enforces it.
+    fn timeout_grace(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 pub struct LocalExecutor;

@@ -81,6 +81,12 @@ impl SlurmExecutor {
 }
 
 impl Executor for SlurmExecutor {
+    /// Slurm enforces `--time` itself but checks only every 30 s; pipe steps in only if a
+    /// job outlives its limit by far.
+    fn timeout_grace(&self) -> Duration {
+        Duration::from_secs(150)
+    }
+
     fn run(&self, spec: &RunSpec, control: &Control) -> Attempt {
         let script_path = spec.log.with_extension("sbatch.sh");
         let mut script = String::from("#!/bin/sh\nset -e\n");

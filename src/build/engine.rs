@@ -291,12 +291,9 @@ impl<'a> Engine<'a> {
             self.rec.event("interrupt", None, json!({}));
         }
         for r in running.values() {
+            // Executors watch `cancelled` (Slurm's poll loop runs `scancel`); local process
+            // groups are signalled here.
             r.control.cancelled.store(true, Ordering::SeqCst);
-            if let Ok(mut job) = r.control.job_id.lock()
-                && let Some(id) = job.take()
-            {
-                crate::slurm::cancel(&id);
-            }
             if n >= 2 {
                 r.control.kill();
             } else {

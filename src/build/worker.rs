@@ -2,7 +2,7 @@
 
 use super::engine::{Done, Msg, Outcome, Work};
 use crate::cache::{Cache, Corrupt};
-use crate::graph::{ExecutorKind, Stage};
+use crate::graph::Stage;
 use crate::hash::{Hasher, PathHash};
 use crate::lockfile::OutRecord;
 use crate::runner::{Attempt, Control, Executor, RunSpec};
@@ -149,12 +149,7 @@ fn run_with_retries(
                 ),
             );
         }
-        // Slurm enforces a Slurm stage's limit itself (it checks every 30 s); pipe only steps
-        // in if the job outlives its limit by far.
-        let limit = match s.executor {
-            ExecutorKind::Slurm => s.timeout.map(|t| t + Duration::from_secs(150)),
-            ExecutorKind::Local => s.timeout,
-        };
+        let limit = s.timeout.map(|t| t + exec.timeout_grace());
         *control.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
             limit.map(|t| Instant::now() + t);
         control.timed_out.store(false, Ordering::SeqCst);
