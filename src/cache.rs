@@ -320,6 +320,7 @@ impl Cache {
     /// Restore every out of a run-cache entry.
     pub fn restore(&self, root: &Path, entry: &RunEntry, stat: &StatCache) -> Result<()> {
         for (rel, out) in &entry.outs {
+            tracing::debug!(stage = %entry.stage, out = %rel, hash = %out.hash, "restoring from cache");
             self.restore_out(root, rel, out, stat)?;
         }
         Ok(())

@@ -108,6 +108,7 @@ impl<'a> Hasher<'a> {
         let digest = hash_file_contents(&path, stat.size)
             .with_context(|| format!("cannot read {}", path.display()))?;
         self.files_read.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(file = %rel, size = stat.size, "hashed (stat cache miss)");
         self.bytes_read.fetch_add(stat.size, Ordering::Relaxed);
         // Re-stat: a file changed while we read it must not be cached under the old stat.
         if let Ok(after) = std::fs::metadata(&path)

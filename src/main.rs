@@ -12,15 +12,16 @@ fn main() {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PIPE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
     let color = pipe::report::use_color(
         cli.color,
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
     );
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .without_time()
+        .init();
     let code = match pipe::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -1016,3 +1016,29 @@ fn dash_f_uses_another_pipeline_file() {
         .code(2)
         .err_has("missing.toml");
 }
+
+#[test]
+fn color_and_pipe_log_control_diagnostics() {
+    let ws = Ws::new("[stages.a]\ncmd = \"echo a > a.txt\"\nouts = [\"a.txt\"]\n");
+    let plain = ws.pipe(&["build", "--force"]);
+    plain.ok();
+    assert!(
+        !plain.stderr.contains('\x1b'),
+        "colour without a terminal:\n{plain}"
+    );
+    let coloured = ws.pipe(&["--color", "always", "build", "--force"]);
+    assert!(coloured.stderr.contains("\x1b[1;32m"), "{coloured}");
+    // NO_COLOR (set by the helper) wins over auto; PIPE_LOG turns on the decision trace.
+    let traced: common::Run = ws
+        .cmd(&["build"])
+        .env("PIPE_LOG", "pipe=debug")
+        .output()
+        .unwrap()
+        .into();
+    traced
+        .ok()
+        .err_has("judged")
+        .err_has("stage=a")
+        .err_has("verdict=\"up to date\"");
+    assert!(!traced.stderr.contains('\x1b'), "{traced}");
+}

@@ -399,6 +399,19 @@ impl<'a> Engine<'a> {
             }
         }
         let reasons: Vec<String> = verdict.reasons().iter().map(|r| r.to_string()).collect();
+        tracing::debug!(
+            stage = %s.name,
+            fingerprint = %inputs.entry.fingerprint,
+            files_read = hasher.files_read.load(Ordering::Relaxed),
+            verdict = match &verdict {
+                Verdict::UpToDate => "up to date",
+                Verdict::Frozen => "frozen",
+                Verdict::Stale { restore: Some(_), .. } => "restorable",
+                Verdict::Stale { .. } => "stale",
+            },
+            ?reasons,
+            "judged"
+        );
         self.inputs.insert(i, inputs);
         match verdict {
             Verdict::UpToDate | Verdict::Frozen => {
@@ -525,6 +538,11 @@ impl<'a> Engine<'a> {
         if self.lock_dirty && (now || self.lock_written.elapsed() >= LOCK_WRITE_EVERY) {
             let text = self.lock.render_cached(&mut self.lock_render);
             crate::fsutil::atomic_write(&self.p.layout.lockfile(), text.as_bytes())?;
+            tracing::debug!(
+                entries = self.lock.stages.len(),
+                bytes = text.len(),
+                "wrote Pipeline.lock"
+            );
             self.lock_dirty = false;
             self.lock_written = Instant::now();
         }
