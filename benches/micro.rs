@@ -89,24 +89,27 @@ fn benches(c: &mut Criterion) {
     let all: BTreeSet<usize> = (0..p.stages.len()).collect();
     let cache = Cache::new(&p.layout.cache);
     let stat = StatCache::default();
-    let hasher = Hasher::new(&p.root, &stat);
+    let planner = pipe::plan::Planner {
+        hasher: Hasher::new(&p.root, &stat),
+        cache: &cache,
+        use_cache: true,
+        remote: None,
+    };
     let mut lock = LockFile::default();
     for &i in &p.order {
-        let inputs = pipe::plan::inputs(&p.stages[i], &hasher).unwrap();
+        let inputs = pipe::plan::inputs(&p.stages[i], &planner.hasher).unwrap();
         lock.stages.insert(p.stages[i].name.clone(), inputs.entry);
     }
     c.bench_function("plan 1,000 stages (status)", |b| {
         b.iter(|| {
             black_box(
-                pipe::plan::plan_all(
+                pipe::plan::upfront(
                     &p,
                     &all,
                     &lock,
-                    &hasher,
-                    &cache,
+                    &planner,
                     &BTreeSet::new(),
                     &BTreeSet::new(),
-                    true,
                 )
                 .unwrap(),
             )

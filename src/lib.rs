@@ -1,14 +1,16 @@
 //! pipe: a declarative, content-hashed build tool for ML pipelines.
 //!
 //! The flow: `Pipeline.toml` → [`spec`] (raw) → [`graph`] (validated) → [`hash`] +
-//! [`state`] (fingerprints) → [`plan`] (verdicts with reasons) → [`build`] (scheduler and
-//! [`runner`]) → [`cache`], [`lockfile`], [`record`], [`gate`] → [`report`].
+//! [`state`] (fingerprints) → [`plan`] (observe, then judge: verdicts with reasons) →
+//! [`execute`] (pure scheduler, dispatcher, executors) → [`event`]s → sinks: [`record`]
+//! (lock, manifest, events.jsonl, gates, releases) and [`report`] (the terminal).
 
-pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod event;
+pub mod execute;
 pub mod fsutil;
 pub mod gate;
 pub mod graph;
@@ -19,10 +21,10 @@ pub mod plan;
 pub mod record;
 pub mod remote;
 pub mod report;
-pub mod runner;
-pub mod slurm;
+pub mod signal;
 pub mod source;
 pub mod spec;
+pub mod stage_state;
 pub mod state;
 pub mod wslock;
 

@@ -9,7 +9,6 @@
 
 use crate::cache::{Cache, RunEntry, Tree};
 use crate::error::failed;
-use crate::report::Reporter;
 use crate::spec::RawRemote;
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
@@ -317,7 +316,7 @@ impl Remote {
         cache: &Cache,
         fps: Option<&Vec<String>>,
         jobs: usize,
-        rep: &Reporter,
+        bar: Option<indicatif::ProgressBar>,
     ) -> Result<TransferStats> {
         let mut stats = TransferStats::default();
         let entries: Vec<RunEntry> = match fps {
@@ -346,7 +345,9 @@ impl Remote {
                 Item::Tree(_) => 0,
             })
             .sum();
-        let bar = progress(rep, total, "Pushing");
+        if let Some(b) = &bar {
+            b.set_length(total);
+        }
         let sent = AtomicUsize::new(0);
         let skipped = AtomicUsize::new(0);
         let bytes = AtomicU64::new(0);
@@ -403,8 +404,7 @@ impl Remote {
     /// Upload one entry and its objects (after a stage ran, with `build --push`).
     pub fn push_entry(&self, cache: &Cache, entry: &RunEntry) -> Result<()> {
         let fps = vec![entry.fingerprint.clone()];
-        self.push(cache, Some(&fps), 4, &Reporter::silent())
-            .map(|_| ())
+        self.push(cache, Some(&fps), 4, None).map(|_| ())
     }
 
     /// Download and verify what a run entry needs; store it in the local cache.
@@ -475,10 +475,9 @@ impl Remote {
         cache: &Cache,
         fps: Option<&Vec<String>>,
         jobs: usize,
-        rep: &Reporter,
+        bar: Option<indicatif::ProgressBar>,
     ) -> Result<TransferStats> {
         let c = TransferCounters::default();
-        let bar = progress(rep, 0, "Pulling");
         let result = self.rt.block_on(async {
             let fps: Vec<String> = match fps {
                 Some(f) => f.clone(),
@@ -543,20 +542,4 @@ impl TransferCounters {
     fn add(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }
-}
-
-fn progress(rep: &Reporter, total: u64, verb: &str) -> Option<indicatif::ProgressBar> {
-    if rep.quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return None;
-    }
-    let b = indicatif::ProgressBar::new(total);
-    b.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix:>12.cyan.bold} [{bar:30}] {pos}/{len} {elapsed}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    b.set_prefix(verb.to_string());
-    Some(b)
 }

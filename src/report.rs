@@ -1,9 +1,15 @@
 //! Human output on stderr: cargo-style status lines, progress bars on a terminal
 //! (indicatif), plain line-per-event output otherwise. stdout is left for what was asked.
 
+use crate::event::{Event, Sink};
+use crate::graph::Pipeline;
+use crate::plan::Planned;
+use crate::record::{RunStatus, Summary};
+use crate::stage_state::StageState;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -191,6 +197,278 @@ impl Reporter {
         }
         self.ended.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+impl Reporter {
+    /// A bar for a push or pull, on a terminal only; the remote sets its length.
+    pub fn transfer_bar(&self, verb: &str) -> Option<ProgressBar> {
+        if self.quiet || self.mp.is_none() {
+            return None;
+        }
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{prefix:>12.cyan.bold} [{bar:30}] {pos}/{len} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_prefix(verb.to_string());
+        Some(b)
+    }
+
+    /// Another build holds the workspace (worded as cargo does: `Blocking waiting for …`).
+    pub fn waiting(&self, message: &str) {
+        self.status("Blocking", Tone::Warn, message);
+    }
+
+    /// `build --dry-run`: the plan, one line a stage, then what would happen.
+    pub fn dry_run(&self, p: &Pipeline, planned: &[Planned]) {
+        let mut would = 0;
+        for pl in planned {
+            let verb = match pl.state {
+                StageState::Stale => "would run",
+                StageState::Restorable => "would restore",
+                other => other.label(),
+            };
+            if !pl.state.is_fresh() {
+                would += 1;
+            }
+            if !self.quiet {
+                let detail = if pl.reasons.is_empty() {
+                    String::new()
+                } else {
+                    let texts: Vec<String> = pl.reasons.iter().map(|r| r.to_string()).collect();
+                    format!(" ({})", texts.join(", "))
+                };
+                self.status(
+                    verb,
+                    state_tone(pl.state),
+                    &format!("{}{detail}", p.stages[pl.stage].name),
+                );
+            }
+        }
+        self.note(&format!(
+            "dry run: {would} of {} stages would run or be restored; nothing was changed",
+            planned.len()
+        ));
+    }
+
+    /// The closing line of a build: counts per state, the time, the run id.
+    pub fn summary(&self, s: &Summary) {
+        let count = |st: StageState| s.stages.iter().filter(|(_, r)| r.status == st).count();
+        let mut parts = vec![
+            format!("{} ran", count(StageState::Ran)),
+            format!("{} restored", count(StageState::Restored)),
+            format!("{} up to date", count(StageState::UpToDate)),
+        ];
+        for st in [StageState::Failed, StageState::Blocked, StageState::Skipped] {
+            let n = count(st);
+            if n > 0 {
+                parts.push(format!("{n} {}", st.label()));
+            }
+        }
+        let (verb, tone) = match s.status {
+            RunStatus::Success => ("Finished", Tone::Good),
+            RunStatus::Interrupted => ("Interrupted", Tone::Bad),
+            RunStatus::GateFailed => ("Gate failed", Tone::Bad),
+            _ => ("Failed", Tone::Bad),
+        };
+        let run = s
+            .run_id
+            .as_deref()
+            .map(|r| format!(" (run {r})"))
+            .unwrap_or_default();
+        self.status(
+            verb,
+            tone,
+            &format!("{} in {}{run}", parts.join(", "), secs(s.duration_s)),
+        );
+    }
+}
+
+/// The tone a state is painted in.
+pub fn state_tone(state: StageState) -> Tone {
+    match state {
+        StageState::UpToDate | StageState::Ran | StageState::Restored => Tone::Good,
+        StageState::Frozen | StageState::Restorable => Tone::Info,
+        StageState::Blocked | StageState::Failed => Tone::Bad,
+        StageState::Stale | StageState::Skipped => Tone::Warn,
+    }
+}
+
+/// The terminal as a sink of build events: the only place that words a build's lines.
+pub struct BuildView<'r> {
+    rep: &'r mut Reporter,
+    run_dir: Option<PathBuf>,
+    interrupted: bool,
+}
+
+impl<'r> BuildView<'r> {
+    pub fn new(rep: &'r mut Reporter) -> BuildView<'r> {
+        BuildView {
+            rep,
+            run_dir: None,
+            interrupted: false,
+        }
+    }
+
+    fn failure(&self, stage: &str, error: &str) {
+        let rep = &self.rep;
+        rep.status("Failed", Tone::Bad, &format!("{stage}: {error}"));
+        let Some(dir) = &self.run_dir else {
+            return;
+        };
+        let log = crate::record::log_path(dir, stage);
+        let tail = crate::record::log_tail(&log, 15);
+        if !tail.is_empty() {
+            let mut text = String::new();
+            for l in &tail {
+                text.push_str(&format!("             | {l}\n"));
+            }
+            text.push_str(&format!("             full log: {}", log.display()));
+            rep.line(&text);
+        }
+    }
+}
+
+impl Sink for BuildView<'_> {
+    fn on(&mut self, event: &Event) -> anyhow::Result<()> {
+        match event {
+            Event::RunStart {
+                run_dir, stages, ..
+            } => {
+                self.run_dir = Some(run_dir.clone());
+                self.rep.begin(*stages as u64);
+            }
+            Event::StageJudged { stage, state, .. } if state.is_fresh() => {
+                if self.rep.verbose {
+                    self.rep.status("Fresh", Tone::Good, stage);
+                }
+                self.rep.skip_progress(1);
+            }
+            Event::StageJudged { .. } => {}
+            Event::StageStart { stage, .. } => self.rep.stage_started(stage),
+            Event::StageRetry {
+                stage,
+                attempt,
+                delay_s,
+                error,
+            } => self.rep.status(
+                "Retrying",
+                Tone::Warn,
+                &format!("{stage} (attempt {attempt}) in {}: {error}", secs(*delay_s)),
+            ),
+            Event::StageOk {
+                stage, duration_s, ..
+            } => {
+                self.rep.stage_finished(stage);
+                self.rep.status(
+                    "Finished",
+                    Tone::Good,
+                    &format!("{stage} in {}", secs(*duration_s)),
+                );
+            }
+            Event::StageRestored { stage, .. } => {
+                self.rep.stage_finished(stage);
+                self.rep
+                    .status("Restored", Tone::Good, &format!("{stage} from cache"));
+            }
+            Event::StageFail {
+                stage,
+                error,
+                interrupted,
+                ..
+            } => {
+                self.rep.stage_finished(stage);
+                if !interrupted {
+                    self.failure(stage, error);
+                }
+            }
+            Event::CacheCorrupt { stage, error } => {
+                self.rep
+                    .warn(&format!("stage `{stage}`: {error}; running it instead"));
+            }
+            Event::StageSkipped { stage, reason } => {
+                if !self.interrupted {
+                    self.rep
+                        .status("Skipped", Tone::Warn, &format!("{stage} ({reason})"));
+                }
+                self.rep.skip_progress(1);
+            }
+            Event::StageBlocked { stage, reason } => {
+                self.rep
+                    .status("Blocked", Tone::Bad, &format!("{stage} ({reason})"));
+                self.rep.skip_progress(1);
+            }
+            Event::GatePass { result, fresh } => {
+                if !fresh || result.overridden || self.rep.verbose {
+                    let (note, tone) = if result.overridden {
+                        (" (overridden with --override-gate)", Tone::Warn)
+                    } else {
+                        ("", Tone::Good)
+                    };
+                    self.rep
+                        .status("Gate", tone, &format!("{} passed{note}", result.gate));
+                }
+            }
+            Event::GateFail { result } => {
+                self.rep.status(
+                    "Gate failed",
+                    Tone::Bad,
+                    &format!("{} (stage {}):", result.gate, result.stage),
+                );
+                for f in result.failures() {
+                    self.rep.line(&format!("             - {f}"));
+                }
+                self.rep.line(&format!(
+                    "             downstream stages are blocked; fix the metric or threshold, or pass `--override-gate {}`",
+                    result.gate
+                ));
+            }
+            Event::Release {
+                stage,
+                artifacts,
+                manifest,
+            } => self.rep.status(
+                "Released",
+                Tone::Good,
+                &format!(
+                    "{stage} ({artifacts} {}, run {})",
+                    if *artifacts == 1 {
+                        "artifact"
+                    } else {
+                        "artifacts"
+                    },
+                    manifest.run_id
+                ),
+            ),
+            Event::Warning { stage, message } => match stage {
+                Some(s) => self.rep.warn(&format!("stage `{s}`: {message}")),
+                None => self.rep.warn(message),
+            },
+            Event::Interrupt => {
+                self.interrupted = true;
+                self.rep.status(
+                    "Interrupted",
+                    Tone::Bad,
+                    "stopping running stages (Ctrl-C again to kill them at once)",
+                );
+            }
+            Event::RunDone { .. } => self.rep.end(),
+            Event::RollbackStart { .. } | Event::Rollback { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// Print a JSON document on stdout. A closed pipe (`pipe status --json | head -c 10`) ends
+/// quietly: the error is a [`BrokenPipe`](std::io::ErrorKind::BrokenPipe) that `main` exits
+/// on without a message.
+pub fn print_json<T: serde::Serialize>(doc: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, doc)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
 }
 
 /// Seconds as a short human duration: `0.3s`, `12.0s`, `3m05s`, `1h02m`.

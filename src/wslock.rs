@@ -68,7 +68,7 @@ pub fn acquire(
                         return Err(e).with_context(|| format!("cannot lock {}", path.display()));
                     }
                 }
-                if crate::build::SIGNALS.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                if crate::signal::received() > 0 {
                     return Err(crate::error::UserError {
                         code: crate::error::exit::INTERRUPTED,
                         message: "interrupted while waiting for another build".into(),

@@ -106,7 +106,7 @@ outs = ["b.txt"]
     for (name, dep, out) in [("a", "in.txt", "a.txt"), ("b", "a.txt", "b.txt")] {
         let s = &m["stages"][name];
         assert_eq!(s["status"], "ran", "{name}: {s:#}");
-        assert_eq!(s["reasons"][0], "never run", "{name}: {s:#}");
+        assert_eq!(s["reasons"][0]["text"], "never run", "{name}: {s:#}");
         assert_eq!(s["fingerprint"].as_str().unwrap().len(), 64, "{s:#}");
         let want = blake3::hash(&std::fs::read(ws.path(dep)).unwrap())
             .to_hex()
@@ -261,7 +261,7 @@ outs = ["u.txt"]
     assert_eq!(m["status"], "success");
     let a = &m["stages"]["a"];
     assert_eq!(a["status"], "restored", "{m:#}");
-    assert_eq!(a["reasons"][0], "dep changed: in_a.txt", "{a:#}");
+    assert_eq!(a["reasons"][0]["text"], "dep changed: in_a.txt", "{a:#}");
     let want = blake3::hash(b"v1\n").to_hex().to_string();
     assert_eq!(a["outs"]["a.txt"]["hash"], want.as_str());
     assert!(a["log"].is_null(), "a restored stage has no log: {a:#}");

@@ -188,9 +188,7 @@ fn missing_or_rejecting_sbatch_is_a_clear_error_naming_the_stage() {
         .output()
         .unwrap()
         .into();
-    r.code(1)
-        .err_has("stage `train`")
-        .err_has("cannot run `sbatch`");
+    r.code(1).err_has("train: cannot run `sbatch`");
 
     // An sbatch that refuses the job.
     let bin = tempfile::tempdir().unwrap();
@@ -213,7 +211,7 @@ fn missing_or_rejecting_sbatch_is_a_clear_error_naming_the_stage() {
         .unwrap()
         .into();
     r.code(1)
-        .err_has("stage `train`: Slurm rejected the job")
+        .err_has("train: Slurm rejected the job")
         .err_has("invalid partition");
     assert!(!ws.exists("m.txt"));
 }

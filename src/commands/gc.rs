@@ -64,7 +64,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
         None
     } else {
         Some(crate::wslock::acquire(&p.layout, true, "pipe gc", |m| {
-            rep.status("Waiting", Tone::Warn, m)
+            rep.waiting(m)
         })?)
     };
     let lock = LockFile::load(&p.layout.lockfile())
@@ -105,7 +105,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
     let rel_dir = p.layout.releases();
     for f in files_in(&rel_dir) {
         let bytes = std::fs::read(&f)?;
-        let r: record::ReleaseManifest = serde_json::from_slice(&bytes).map_err(|e| {
+        let r: record::release::ReleaseManifest = serde_json::from_slice(&bytes).map_err(|e| {
             failed(format!(
                 "refusing to gc: cannot read release {}: {e}",
                 f.display()

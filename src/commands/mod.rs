@@ -9,9 +9,10 @@ pub mod runs;
 pub mod status;
 pub mod transfer;
 
-use crate::build::{self, BuildOptions};
 use crate::cli::BuildArgs;
 use crate::error::{exit, invalid};
+use crate::execute::{self, BuildOptions};
+use crate::graph::Targets;
 use crate::graph::{LoadOptions, Pipeline};
 use crate::report::{Reporter, Tone};
 use anyhow::Result;
@@ -88,15 +89,17 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
     }
     if !a.dry_run {
         // A dry run changes nothing, so Ctrl-C may simply end it.
-        build::install_signal_handlers();
+        crate::signal::install();
     }
     let opts = BuildOptions {
-        targets: a.stages.clone(),
+        targets: Targets {
+            names: a.stages.clone(),
+            downstream: a.downstream,
+            force: a.force,
+            force_all: a.force_all,
+        },
         jobs: a.jobs.map(|j| j as usize),
         keep_going: a.keep_going,
-        force: a.force,
-        force_all: a.force_all,
-        downstream: a.downstream,
         use_cache: !a.no_cache,
         dry_run: a.dry_run,
         override_gates: a.override_gate.clone(),
@@ -105,23 +108,48 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
         wait: !a.no_wait,
         command: std::env::args().collect(),
     };
-    let summary = build::build(&p, &opts, rep)?;
+    let summary = execute::build(&p, &opts, rep)?;
     if a.json {
-        let stages: Vec<serde_json::Value> = summary
-            .stages
-            .iter()
-            .map(|(name, r)| {
-                serde_json::json!({
-                    "name": name, "status": r.status, "reasons": r.reasons, "duration_s": r.duration_s,
-                    "attempts": r.attempts, "exit_code": r.exit_code, "error": r.error,
+        #[derive(serde::Serialize)]
+        struct Stage<'a> {
+            name: &'a str,
+            status: crate::stage_state::StageState,
+            reasons: &'a [crate::plan::Reason],
+            duration_s: f64,
+            attempts: u32,
+            exit_code: Option<i32>,
+            error: Option<&'a str>,
+        }
+        #[derive(serde::Serialize)]
+        struct Doc<'a> {
+            version: u32,
+            run_id: Option<&'a str>,
+            status: crate::record::RunStatus,
+            exit_code: i32,
+            duration_s: f64,
+            stages: Vec<Stage<'a>>,
+        }
+        let doc = Doc {
+            version: 1,
+            run_id: summary.run_id.as_deref(),
+            status: summary.status,
+            exit_code: summary.exit_code,
+            duration_s: summary.duration_s,
+            stages: summary
+                .stages
+                .iter()
+                .map(|(name, r)| Stage {
+                    name,
+                    status: r.status,
+                    reasons: &r.reasons,
+                    duration_s: r.duration_s,
+                    attempts: r.attempts,
+                    exit_code: r.exit_code,
+                    error: r.error.as_deref(),
                 })
-            })
-            .collect();
-        let out = serde_json::json!({
-            "run_id": summary.run_id, "status": summary.status, "exit_code": summary.exit_code,
-            "duration_s": summary.duration_s, "stages": stages,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+                .collect(),
+        };
+        crate::report::print_json(&doc)?;
     }
     Ok(summary.exit_code)
 }

@@ -4,14 +4,17 @@ use super::Ctx;
 use crate::cache::Cache;
 use crate::cli::{JsonArg, RollbackArgs};
 use crate::error::{failed, invalid};
+use crate::event::{Event, Sink};
 use crate::record;
+use crate::record::RunStatus;
+use crate::record::events::EventLog;
 use crate::report::{Reporter, Tone};
 use crate::state::StatCache;
 use anyhow::Result;
 
 pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
     let p = ctx.load(&[])?;
-    let rel = record::list_releases(&p.layout.releases());
+    let rel = record::release::list_releases(&p.layout.releases());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rel)?);
         return Ok(0);
@@ -41,7 +44,7 @@ pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
 
 pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
     let p = ctx.load(&[])?;
-    let all = record::list_releases(&p.layout.releases());
+    let all = record::release::list_releases(&p.layout.releases());
     let chosen: Vec<_> = all.iter().filter(|r| r.run_id == a.run).collect();
     if chosen.is_empty() {
         let ids: Vec<&str> = all.iter().map(|r| r.run_id.as_str()).collect();
@@ -55,9 +58,7 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
         };
         return Err(invalid(format!("no release from run `{}`{hint}", a.run)));
     }
-    let _ws = crate::wslock::acquire(&p.layout, true, "pipe rollback", |m| {
-        rep.status("Waiting", Tone::Warn, m)
-    })?;
+    let _ws = crate::wslock::acquire(&p.layout, true, "pipe rollback", |m| rep.waiting(m))?;
     let cache = Cache::new(&p.layout.cache);
     let stat = StatCache::load(&p.layout.stat_cache());
     // Check every object first so a rollback is all or nothing.
@@ -79,7 +80,8 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
         }
     }
     let rec = record::Recorder::start(&p.layout.runs)?;
-    rec.event("rollback_start", None, serde_json::json!({"to": a.run}));
+    let mut log = EventLog::open(&rec)?;
+    log.on(&Event::RollbackStart { to: a.run.clone() })?;
     for r in &chosen {
         for art in &r.artifacts {
             let out = &art.out;
@@ -92,13 +94,17 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
         }
     }
     let _ = stat.save(&p.layout.stat_cache());
-    rec.event("rollback", None, serde_json::json!({"to": a.run, "artifacts": chosen.iter().map(|r| r.artifacts.len()).sum::<usize>()}));
+    log.on(&Event::Rollback {
+        to: a.run.clone(),
+        artifacts: chosen.iter().map(|r| r.artifacts.len()).sum(),
+    })?;
     let m = record::Manifest {
         version: record::MANIFEST_VERSION,
         run_id: rec.run_id.clone(),
         started_at: crate::fsutil::now_rfc3339(),
         finished_at: Some(crate::fsutil::now_rfc3339()),
-        status: format!("rollback to {}", a.run),
+        status: RunStatus::Rollback,
+        rollback_to: Some(a.run.clone()),
         pipe_version: env!("CARGO_PKG_VERSION").into(),
         command: std::env::args().collect(),
         git: record::git_info(&p.root),

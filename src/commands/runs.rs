@@ -5,6 +5,7 @@ use crate::cli::{LogArgs, RunsArgs};
 use crate::error::invalid;
 use crate::record::{self, Manifest};
 use crate::report::{Reporter, secs};
+use crate::stage_state::StageState;
 use anyhow::Result;
 use std::collections::BTreeMap;
 
@@ -20,9 +21,9 @@ pub fn runs(ctx: &Ctx, rep: &Reporter, a: &RunsArgs) -> Result<i32> {
             .map(|m| {
                 serde_json::json!({
                     "run_id": m.run_id, "started_at": m.started_at, "finished_at": m.finished_at,
-                    "duration_s": m.duration_s(), "status": m.status, "ran": m.count("ran"),
-                    "restored": m.count("restored"), "up_to_date": m.count("up_to_date"), "failed": m.count("failed"),
-                    "blocked": m.count("blocked"), "command": m.command,
+                    "duration_s": m.duration_s(), "status": m.status, "ran": m.count(StageState::Ran),
+                    "restored": m.count(StageState::Restored), "up_to_date": m.count(StageState::UpToDate), "failed": m.count(StageState::Failed),
+                    "blocked": m.count(StageState::Blocked), "command": m.command,
                 })
             })
             .collect();
@@ -45,9 +46,9 @@ pub fn runs(ctx: &Ctx, rep: &Reporter, a: &RunsArgs) -> Result<i32> {
             m.started_at.trim_end_matches('Z').replace('T', " "),
             d,
             m.status,
-            m.count("ran"),
-            m.count("restored"),
-            m.count("failed")
+            m.count(StageState::Ran),
+            m.count(StageState::Restored),
+            m.count(StageState::Failed)
         );
     }
     Ok(0)
@@ -65,12 +66,12 @@ fn stats(runs: &[Manifest], json: bool) -> Result<i32> {
     // Oldest first so `last` ends as the newest.
     for m in runs.iter().rev() {
         for (name, r) in &m.stages {
-            if r.status != "ran" && r.status != "failed" {
+            if r.status != StageState::Ran && r.status != StageState::Failed {
                 continue;
             }
             let s = by.entry(name.clone()).or_default();
             s.ran += 1;
-            if r.status == "ran" {
+            if r.status == StageState::Ran {
                 s.ok += 1;
                 s.total_s += r.duration_s;
             }

@@ -1,112 +1,109 @@
 //! `pipe status`: every selected stage with its verdict and all its reasons.
 
 use super::Ctx;
-use crate::build::{self, BuildOptions};
 use crate::cache::Cache;
 use crate::cli::StatusArgs;
 use crate::error::exit;
+use crate::graph::Targets;
 use crate::hash::Hasher;
 use crate::lockfile::LockFile;
-use crate::plan::{self, Verdict};
-use crate::report::{Reporter, Tone, paint};
+use crate::plan::{self, Planner, Reason};
+use crate::report::{Reporter, Tone, paint, state_tone};
+use crate::stage_state::StageState;
 use crate::state::StatCache;
 use anyhow::Result;
-use std::collections::{BTreeSet, HashMap};
+use serde::Serialize;
+use std::collections::BTreeSet;
 use std::io::Write;
 
 pub struct Row {
     pub name: String,
-    pub state: &'static str,
-    pub reasons: Vec<String>,
+    pub state: StageState,
+    pub reasons: Vec<Reason>,
     pub group: Option<String>,
 }
 
+/// The plan of the selected stages as table rows, and how many files were read to make it.
 pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>, u64)> {
-    let opts = BuildOptions {
-        targets: targets.to_vec(),
-        use_cache: true,
+    let sel = p.select(&Targets {
+        names: targets.to_vec(),
         ..Default::default()
-    };
-    let (selected, _) = build::select(p, &opts)?;
+    })?;
     let stat = StatCache::load(&p.layout.stat_cache());
-    let hasher = Hasher::new(&p.root, &stat);
     let lock = LockFile::load(&p.layout.lockfile())?;
     let cache = Cache::new(&p.layout.cache);
-    let incomplete = build::incomplete_stages(p);
-    let planned = plan::plan_all(
+    let planner = Planner {
+        hasher: Hasher::new(&p.root, &stat),
+        cache: &cache,
+        use_cache: true,
+        remote: None,
+    };
+    let incomplete = crate::record::markers::incomplete(p);
+    let planned = plan::upfront(
         p,
-        &selected,
+        &sel.selected,
         &lock,
-        &hasher,
-        &cache,
+        &planner,
         &BTreeSet::new(),
         &incomplete,
-        true,
     )?;
     let _ = stat.save(&p.layout.stat_cache());
-
-    // Gates of up-to-date stages are checked now: a failed one blocks its downstream.
-    let mut blocked_by: HashMap<usize, String> = HashMap::new();
-    let mut rows = Vec::new();
-    for pl in &planned {
-        let s = &p.stages[pl.stage];
-        let upstream_block = s.upstream.iter().find_map(|u| blocked_by.get(u).cloned());
-        let (state, reasons): (&'static str, Vec<String>) = if let Some(g) = &upstream_block {
-            blocked_by.insert(pl.stage, g.clone());
-            ("blocked", vec![format!("gate failed: {g}")])
-        } else {
-            match &pl.verdict {
-                Verdict::UpToDate => ("up to date", vec![]),
-                Verdict::Frozen => ("frozen", vec![]),
-                Verdict::Stale { reasons, restore } => (
-                    if restore.is_some() {
-                        "restorable"
-                    } else {
-                        "stale"
-                    },
-                    reasons.iter().map(|r| r.to_string()).collect(),
-                ),
+    let rows = planned
+        .into_iter()
+        .map(|pl| {
+            let s = &p.stages[pl.stage];
+            Row {
+                name: s.name.clone(),
+                state: pl.state,
+                reasons: pl.reasons,
+                group: (s.source_name != s.name).then(|| s.source_name.clone()),
             }
-        };
-        if upstream_block.is_none()
-            && pl.verdict.is_up_to_date()
-            && let Some(spec) = &s.gate
-        {
-            let g = crate::gate::evaluate(spec, &s.name, &p.root, false);
-            if !g.passed {
-                blocked_by.insert(pl.stage, spec.name.clone());
-            }
-        }
-        let group = (s.source_name != s.name).then(|| s.source_name.clone());
-        rows.push(Row {
-            name: s.name.clone(),
-            state,
-            reasons,
-            group,
-        });
-    }
-    let read = hasher.files_read.load(std::sync::atomic::Ordering::Relaxed);
+        })
+        .collect();
+    let read = planner
+        .hasher
+        .files_read
+        .load(std::sync::atomic::Ordering::Relaxed);
     Ok((rows, read))
+}
+
+/// `status --json`.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    version: u32,
+    up_to_date: bool,
+    stale: usize,
+    stages: Vec<StageJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct StageJson<'a> {
+    name: &'a str,
+    state: StageState,
+    reasons: &'a [Reason],
+    group: Option<&'a str>,
 }
 
 pub fn run(ctx: &Ctx, rep: &Reporter, a: &StatusArgs) -> Result<i32> {
     let p = ctx.load(&a.set)?;
     let (rows, files_read) = rows(&p, &a.stages)?;
-    let stale = rows
-        .iter()
-        .filter(|r| !matches!(r.state, "up to date" | "frozen"))
-        .count();
+    let stale = rows.iter().filter(|r| !r.state.is_fresh()).count();
     if a.json {
-        let stages: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| serde_json::json!({"name": r.name, "state": r.state.replace(' ', "_"), "reasons": r.reasons, "group": r.group}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"up_to_date": stale == 0, "stale": stale, "stages": stages})
-            )?
-        );
+        let doc = StatusJson {
+            version: 1,
+            up_to_date: stale == 0,
+            stale,
+            stages: rows
+                .iter()
+                .map(|r| StageJson {
+                    name: &r.name,
+                    state: r.state,
+                    reasons: &r.reasons,
+                    group: r.group.as_deref(),
+                })
+                .collect(),
+        };
+        crate::report::print_json(&doc)?;
     } else {
         print_table(&rows, rep, ctx.verbose > 0);
         if ctx.verbose > 0 {
@@ -134,18 +131,9 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &StatusArgs) -> Result<i32> {
     })
 }
 
-fn tone(state: &str) -> Tone {
-    match state {
-        "up to date" => Tone::Good,
-        "frozen" | "restorable" => Tone::Info,
-        "blocked" => Tone::Bad,
-        _ => Tone::Warn,
-    }
-}
-
 /// The table on stdout; matrix groups fold into one line unless verbose.
 fn print_table(rows: &[Row], rep: &Reporter, verbose: bool) {
-    let mut lines: Vec<(String, &'static str, Vec<String>)> = Vec::new();
+    let mut lines: Vec<(String, StageState, Vec<String>)> = Vec::new();
     let mut i = 0;
     while i < rows.len() {
         let r = &rows[i];
@@ -154,17 +142,14 @@ fn print_table(rows: &[Row], rep: &Reporter, verbose: bool) {
                 .iter()
                 .take_while(|x| x.group.as_ref() == Some(g))
                 .collect();
-            let fresh = members
-                .iter()
-                .filter(|m| matches!(m.state, "up to date" | "frozen"))
-                .count();
+            let fresh = members.iter().filter(|m| m.state.is_fresh()).count();
             let state = if fresh == members.len() {
-                "up to date"
+                StageState::UpToDate
             } else {
                 members
                     .iter()
-                    .find(|m| !matches!(m.state, "up to date" | "frozen"))
-                    .map_or("stale", |m| m.state)
+                    .find(|m| !m.state.is_fresh())
+                    .map_or(StageState::Stale, |m| m.state)
             };
             let mut reasons = Vec::new();
             if fresh < members.len() {
@@ -178,7 +163,8 @@ fn print_table(rows: &[Row], rep: &Reporter, verbose: bool) {
             i += members.len();
             continue;
         }
-        lines.push((r.name.clone(), r.state, r.reasons.clone()));
+        let reasons = r.reasons.iter().map(|x| x.to_string()).collect();
+        lines.push((r.name.clone(), r.state, reasons));
         i += 1;
     }
     let w = lines
@@ -191,7 +177,7 @@ fn print_table(rows: &[Row], rep: &Reporter, verbose: bool) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{:<w$}  {:<11} reasons", "stage", "state");
     for (name, state, reasons) in lines {
-        let st = paint(color, tone(state), &format!("{state:<11}"));
+        let st = paint(color, state_tone(state), &format!("{state:<11}"));
         let first = reasons.first().cloned().unwrap_or_default();
         let _ = writeln!(out, "{name:<w$}  {st} {first}");
         for r in reasons.iter().skip(1) {

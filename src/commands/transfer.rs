@@ -31,14 +31,24 @@ fn open(ctx: &Ctx) -> Result<(crate::graph::Pipeline, Remote, Cache, Vec<String>
 
 pub fn push(ctx: &Ctx, rep: &Reporter, a: &TransferArgs) -> Result<i32> {
     let (_p, remote, cache, fps) = open(ctx)?;
-    let stats = remote.push(&cache, if a.all { None } else { Some(&fps) }, a.jobs, rep)?;
+    let stats = remote.push(
+        &cache,
+        if a.all { None } else { Some(&fps) },
+        a.jobs,
+        rep.transfer_bar("Pushing"),
+    )?;
     rep.status("Pushed", Tone::Good, &stats.to_string());
     Ok(0)
 }
 
 pub fn pull(ctx: &Ctx, rep: &Reporter, a: &TransferArgs) -> Result<i32> {
     let (_p, remote, cache, fps) = open(ctx)?;
-    let stats = remote.pull(&cache, if a.all { None } else { Some(&fps) }, a.jobs, rep)?;
+    let stats = remote.pull(
+        &cache,
+        if a.all { None } else { Some(&fps) },
+        a.jobs,
+        rep.transfer_bar("Pulling"),
+    )?;
     rep.status("Pulled", Tone::Good, &stats.to_string());
     Ok(0)
 }

@@ -6,6 +6,7 @@
 
 mod builder;
 mod link;
+mod select;
 mod stage;
 
 use crate::error::{invalid, suggest};
@@ -17,6 +18,7 @@ use anyhow::Result;
 use builder::Builder;
 use globset::GlobMatcher;
 use indexmap::IndexMap;
+pub use select::{Selection, Targets};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,8 +2,10 @@
 //! `sbatch --parsable`; pipe follows the job with `scontrol show job` until it ends and
 //! takes its exit code. Everything else (hashing, lock, records) stays on this machine.
 
+use super::control::Control;
+use super::executor::{Attempt, Executor, RunSpec};
+use super::failure::StageFailure;
 use crate::graph::SlurmConfig;
-use crate::runner::{Attempt, Control, Executor, RunSpec};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -96,7 +98,9 @@ impl Executor for SlurmExecutor {
         if let Err(e) = std::fs::write(&script_path, &script) {
             return Attempt::Failed {
                 exit_code: None,
-                message: format!("cannot write batch script {}: {e}", script_path.display()),
+                failure: StageFailure::Executor {
+                    error: format!("cannot write batch script {}: {e}", script_path.display()),
+                },
             };
         }
         let resources: Vec<(String, String)> = spec
@@ -115,10 +119,11 @@ impl Executor for SlurmExecutor {
             Err(e) => {
                 return Attempt::Failed {
                     exit_code: None,
-                    message: format!(
-                        "stage `{}`: cannot run `sbatch` ({e}); is Slurm installed and on PATH?",
-                        spec.stage
-                    ),
+                    failure: StageFailure::Executor {
+                        error: format!(
+                            "cannot run `sbatch` ({e}); is Slurm installed and on PATH?"
+                        ),
+                    },
                 };
             }
         };
@@ -126,7 +131,9 @@ impl Executor for SlurmExecutor {
             let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
             return Attempt::Failed {
                 exit_code: None,
-                message: format!("stage `{}`: Slurm rejected the job: {err}", spec.stage),
+                failure: StageFailure::Executor {
+                    error: format!("Slurm rejected the job: {err}"),
+                },
             };
         }
         let job = String::from_utf8_lossy(&out.stdout)
@@ -138,10 +145,12 @@ impl Executor for SlurmExecutor {
         if job.is_empty() {
             return Attempt::Failed {
                 exit_code: None,
-                message: format!("stage `{}`: sbatch printed no job id", spec.stage),
+                failure: StageFailure::Executor {
+                    error: "sbatch printed no job id".to_string(),
+                },
             };
         }
-        crate::runner::log_note(&spec.log, &format!("submitted Slurm job {job}"));
+        super::local::log_note(&spec.log, &format!("submitted Slurm job {job}"));
         if let Ok(mut j) = control.job_id.lock() {
             *j = Some(job.clone());
         }
@@ -159,7 +168,10 @@ impl Executor for SlurmExecutor {
                     .unwrap_or_default();
                 return Attempt::Failed {
                     exit_code: None,
-                    message: format!("timed out after {t} (Slurm job {job} cancelled)"),
+                    failure: StageFailure::TimedOut {
+                        after: t,
+                        detail: Some(format!("(Slurm job {job} cancelled)")),
+                    },
                 };
             }
             let show = Command::new("scontrol")
@@ -197,7 +209,7 @@ impl Executor for SlurmExecutor {
                     };
                     return Attempt::Failed {
                         exit_code: code,
-                        message,
+                        failure: StageFailure::Executor { error: message },
                     };
                 }
                 None => {
@@ -205,9 +217,11 @@ impl Executor for SlurmExecutor {
                     if missing > 5 {
                         return Attempt::Failed {
                             exit_code: None,
-                            message: format!(
-                                "Slurm job {job} disappeared before pipe saw it end (raise MinJobAge)"
-                            ),
+                            failure: StageFailure::Executor {
+                                error: format!(
+                                    "Slurm job {job} disappeared before pipe saw it end (raise MinJobAge)"
+                                ),
+                            },
                         };
                     }
                 }

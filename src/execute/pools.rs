@@ -1,27 +1,28 @@
-//! Resource pools: named capacities whose units carry indices (GPU device numbers).
+//! Resource pools: named capacities whose units carry indices (GPU device numbers), so two
+//! stages never share a unit.
 
-use crate::graph::Pipeline;
 use std::collections::BTreeMap;
 
-/// Resource pools: each unit has an index (GPU device numbers for `gpu`).
-pub(super) struct Pools {
-    pub(super) free: BTreeMap<String, Vec<u32>>,
+/// Units held from each pool: pool name → unit indices.
+pub type Units = BTreeMap<String, Vec<u32>>;
+
+pub struct Pools {
+    free: Units,
 }
 
 impl Pools {
-    pub(super) fn new(p: &Pipeline) -> Pools {
+    pub fn new(sizes: &BTreeMap<String, u32>) -> Pools {
         Pools {
-            free: p
-                .resources
+            free: sizes
                 .iter()
                 .map(|(k, &n)| (k.clone(), (0..n).collect()))
                 .collect(),
         }
     }
-    pub(super) fn try_take(
-        &mut self,
-        want: &BTreeMap<String, u32>,
-    ) -> Option<BTreeMap<String, Vec<u32>>> {
+
+    /// Take `want` units from each pool, lowest indices first, or nothing if any pool is
+    /// short. Requests for names that are not pools (`cpus`, `mem` for Slurm) take nothing.
+    pub fn try_take(&mut self, want: &BTreeMap<String, u32>) -> Option<Units> {
         for (k, &n) in want {
             if let Some(free) = self.free.get(k)
                 && free.len() < n as usize
@@ -37,7 +38,8 @@ impl Pools {
         }
         Some(got)
     }
-    pub(super) fn give_back(&mut self, got: BTreeMap<String, Vec<u32>>) {
+
+    pub fn give_back(&mut self, got: Units) {
         for (k, units) in got {
             if let Some(free) = self.free.get_mut(&k) {
                 free.extend(units);

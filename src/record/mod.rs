@@ -3,14 +3,19 @@
 //! event log is written atomically; the event log is appended and flushed line by line so a
 //! crashed run still shows how far it got.
 
+pub mod events;
+pub mod ledger;
+pub mod markers;
+pub mod release;
+
 use crate::fsutil::atomic_write;
 use crate::lockfile::OutRecord;
+use crate::plan::Reason;
+use crate::stage_state::StageState;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 pub const MANIFEST_VERSION: u32 = 1;
 
@@ -20,11 +25,50 @@ pub struct Git {
     pub dirty: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// How a run ended (or that it has not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    #[default]
+    Running,
+    Success,
+    Failed,
+    GateFailed,
+    Interrupted,
+    /// Found `running` by a later build: the process died without closing its record.
+    Crashed,
+    /// `build --dry-run`: nothing ran (never written to a manifest).
+    DryRun,
+    /// `pipe rollback`: the manifest's `rollback_to` names the release put back.
+    Rollback,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Success => "success",
+            RunStatus::Failed => "failed",
+            RunStatus::GateFailed => "gate_failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Crashed => "crashed",
+            RunStatus::DryRun => "dry_run",
+            RunStatus::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
-    pub status: String,
-    #[serde(default)]
-    pub reasons: Vec<String>,
+    pub status: StageState,
+    #[serde(default, deserialize_with = "crate::plan::deserialize_reasons")]
+    pub reasons: Vec<Reason>,
     #[serde(default)]
     pub fingerprint: Option<String>,
     #[serde(default)]
@@ -47,13 +91,32 @@ pub struct StageRecord {
     pub job_id: Option<String>,
 }
 
+impl StageRecord {
+    pub fn new(status: StageState, reasons: Vec<Reason>) -> StageRecord {
+        StageRecord {
+            status,
+            reasons,
+            fingerprint: None,
+            deps: BTreeMap::new(),
+            outs: BTreeMap::new(),
+            attempts: 0,
+            exit_code: None,
+            duration_s: 0.0,
+            log: None,
+            error: None,
+            gate: None,
+            job_id: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Manifest {
     pub version: u32,
     pub run_id: String,
     pub started_at: String,
     pub finished_at: Option<String>,
-    pub status: String,
+    pub status: RunStatus,
     pub pipe_version: String,
     pub command: Vec<String>,
     pub git: Git,
@@ -65,12 +128,15 @@ pub struct Manifest {
     pub params: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub gate_overrides: Vec<String>,
+    /// For a `pipe rollback` run: the run whose release was put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<String>,
     #[serde(default)]
     pub stages: BTreeMap<String, StageRecord>,
 }
 
 impl Manifest {
-    pub fn count(&self, status: &str) -> usize {
+    pub fn count(&self, status: StageState) -> usize {
         self.stages.values().filter(|s| s.status == status).count()
     }
     pub fn duration_s(&self) -> Option<f64> {
@@ -80,33 +146,19 @@ impl Manifest {
     }
 }
 
-/// One released file or folder: its path and what the cache holds for it (hash, size,
-/// folder flag, mode, so an executable stays executable on rollback).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Artifact {
-    pub path: String,
-    #[serde(flatten)]
-    pub out: crate::cache::CachedOut,
+/// What a build did, in pipeline order: for its closing line and `build --json`.
+pub struct Summary {
+    pub run_id: Option<String>,
+    pub status: RunStatus,
+    pub exit_code: i32,
+    pub stages: Vec<(String, StageRecord)>,
+    pub duration_s: f64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReleaseManifest {
-    pub status: String,
-    pub run_id: String,
-    pub created_at: String,
-    pub stage: String,
-    pub artifacts: Vec<Artifact>,
-    pub gates: Vec<String>,
-    pub git: Git,
-    #[serde(default)]
-    pub pipeline: Option<String>,
-}
-
-/// The open record of the current run.
+/// The open record of the current run: its id and folder.
 pub struct Recorder {
     pub run_id: String,
     pub dir: PathBuf,
-    events: Mutex<std::fs::File>,
 }
 
 impl Recorder {
@@ -131,42 +183,13 @@ impl Recorder {
                 }
             }
         };
-        std::fs::create_dir_all(dir.join("logs"))?;
-        let events = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("events.jsonl"))
-            .with_context(|| format!("cannot create {}", dir.join("events.jsonl").display()))?;
-        Ok(Recorder {
-            run_id,
-            dir,
-            events: Mutex::new(events),
-        })
-    }
-
-    /// Append one event line (`ts`, `event`, `stage`, extra fields) and flush it.
-    pub fn event(&self, event: &str, stage: Option<&str>, extra: serde_json::Value) {
-        let mut obj = serde_json::Map::new();
-        obj.insert("ts".into(), now_rfc3339_ms().into());
-        obj.insert("event".into(), event.into());
-        if let Some(s) = stage {
-            obj.insert("stage".into(), s.into());
-        }
-        if let serde_json::Value::Object(m) = extra {
-            obj.extend(m);
-        }
-        let mut line = serde_json::Value::Object(obj).to_string();
-        line.push('\n');
-        if let Ok(mut f) = self.events.lock() {
-            let _ = f.write_all(line.as_bytes());
-            let _ = f.flush();
-        }
+        std::fs::create_dir_all(dir.join("logs"))
+            .with_context(|| format!("cannot create {}", dir.join("logs").display()))?;
+        Ok(Recorder { run_id, dir })
     }
 
     pub fn log_path(&self, stage: &str) -> PathBuf {
-        self.dir
-            .join("logs")
-            .join(format!("{}.log", crate::fsutil::marker_name(stage)))
+        log_path(&self.dir, stage)
     }
 
     pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
@@ -183,19 +206,26 @@ impl Recorder {
             &serde_json::to_vec_pretty(g)?,
         )
     }
+}
 
-    /// Write the release manifest into the run folder and keep a copy under `.pipe/releases/`
-    /// so pruning old runs never forgets a release.
-    pub fn write_release(&self, r: &ReleaseManifest, releases_dir: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(r)?;
-        atomic_write(&self.dir.join("release_manifest.json"), &bytes)?;
-        let name = format!(
-            "{}--{}.json",
-            r.run_id,
-            crate::fsutil::marker_name(&r.stage)
-        );
-        atomic_write(&releases_dir.join(name), &bytes)
-    }
+/// Where a stage's log lives in a run folder.
+pub fn log_path(run_dir: &Path, stage: &str) -> PathBuf {
+    run_dir
+        .join("logs")
+        .join(format!("{}.log", crate::fsutil::marker_name(stage)))
+}
+
+/// The last `n` lines of a stage log, for a failure message.
+pub fn log_tail(log: &Path, n: usize) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(log) else {
+        return vec![];
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// A sortable, file-name-safe run id: `20261122-083000-123` (UTC, milliseconds).
@@ -274,20 +304,6 @@ pub fn prune_runs(runs_dir: &Path, keep: usize) {
     }
 }
 
-/// Every release manifest, newest first.
-pub fn list_releases(releases_dir: &Path) -> Vec<ReleaseManifest> {
-    let mut out: Vec<ReleaseManifest> = match std::fs::read_dir(releases_dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect(),
-        Err(_) => vec![],
-    };
-    out.sort_by(|a, b| b.run_id.cmp(&a.run_id).then(a.stage.cmp(&b.stage)));
-    out
-}
-
 /// Runs still marked `running` when a new build holds the workspace died without closing
 /// their records (kill -9, power loss): mark them `crashed` so `pipe runs` tells the truth.
 pub fn mark_crashed(runs_dir: &Path) {
@@ -304,8 +320,8 @@ pub fn mark_crashed(runs_dir: &Path) {
         let Ok(mut m) = read_manifest(&runs_dir.join(id)) else {
             continue;
         };
-        if m.status == "running" {
-            m.status = "crashed".into();
+        if m.status == RunStatus::Running {
+            m.status = RunStatus::Crashed;
             if let Ok(bytes) = serde_json::to_vec_pretty(&m) {
                 let _ = atomic_write(&runs_dir.join(&m.run_id).join("manifest.json"), &bytes);
             }

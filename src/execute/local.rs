@@ -1,0 +1,106 @@
+//! The local executor: each command through `sh -c` in its own process group, output to
+//! the stage log.
+
+use super::control::Control;
+use super::executor::{Attempt, Executor, RunSpec};
+use super::failure::StageFailure;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+
+pub struct LocalExecutor;
+
+impl Executor for LocalExecutor {
+    fn run(&self, spec: &RunSpec, control: &Control) -> Attempt {
+        for cmd in &spec.cmds {
+            if control.cancelled.load(Ordering::SeqCst) {
+                return Attempt::Interrupted;
+            }
+            match run_one(spec, cmd, control) {
+                Ok(Attempt::Ok) => {}
+                Ok(other) => return other,
+                Err(e) => {
+                    return Attempt::Failed {
+                        exit_code: None,
+                        failure: StageFailure::Spawn {
+                            error: format!("{e:#}"),
+                        },
+                    };
+                }
+            }
+        }
+        Attempt::Ok
+    }
+}
+
+fn run_one(spec: &RunSpec, cmd: &str, control: &Control) -> Result<Attempt> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .with_context(|| format!("cannot open log {}", spec.log.display()))?;
+    let err = log.try_clone().context("cannot share the log file")?;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err))
+        .process_group(0);
+    let mut child = command.spawn().with_context(|| {
+        format!(
+            "cannot start `sh -c` for stage `{}` in {}",
+            spec.stage,
+            spec.cwd.display()
+        )
+    })?;
+    control.pgid.store(child.id() as i32, Ordering::SeqCst);
+    let status = child.wait();
+    control.pgid.store(0, Ordering::SeqCst);
+    let status = status.context("cannot wait for the stage's process")?;
+    if control.cancelled.load(Ordering::SeqCst) {
+        return Ok(Attempt::Interrupted);
+    }
+    if control.timed_out.load(Ordering::SeqCst) {
+        let t = spec
+            .timeout
+            .map(|d| humantime::format_duration(d).to_string())
+            .unwrap_or_default();
+        return Ok(Attempt::Failed {
+            exit_code: status.code(),
+            failure: StageFailure::TimedOut {
+                after: t,
+                detail: None,
+            },
+        });
+    }
+    if status.success() {
+        return Ok(Attempt::Ok);
+    }
+    let cmd = cmd.to_string();
+    let failure = match (status.code(), status.signal()) {
+        (Some(code), _) => StageFailure::Exit { cmd, code },
+        (None, Some(signal)) => StageFailure::Signal { cmd, signal },
+        _ => StageFailure::Exit { cmd, code: -1 },
+    };
+    Ok(Attempt::Failed {
+        exit_code: status.code(),
+        failure,
+    })
+}
+
+/// Append a line to a stage log (attempt headers, pipe's own notes).
+pub fn log_note(log: &std::path::Path, note: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "[pipe] {note}");
+    }
+}

@@ -1,0 +1,193 @@
+//! `pipe build` as steps: select the stages, take the workspace, open the books (run folder,
+//! ledger, event log), let the dispatcher run the scheduler, close the books, summarise.
+//! Stages are judged when their upstream is done, so early cutoff falls out: a rerun with
+//! identical outs leaves the downstream up to date.
+
+pub mod control;
+mod dispatch;
+mod env;
+pub mod executor;
+pub mod failure;
+mod job;
+pub mod local;
+mod pools;
+pub mod scheduler;
+pub mod slurm;
+
+pub use job::backoff;
+
+use crate::cache::Cache;
+use crate::error::exit;
+use crate::event::{Bus, Event};
+use crate::graph::{Pipeline, Targets};
+use crate::hash::Hasher;
+use crate::lockfile::LockFile;
+use crate::plan::{self, Planner};
+use crate::record::events::EventLog;
+use crate::record::ledger::Ledger;
+use crate::record::{self, Manifest, Recorder, RunStatus, StageRecord, Summary, markers};
+use crate::report::{BuildView, Reporter};
+use crate::state::StatCache;
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub targets: Targets,
+    pub jobs: Option<usize>,
+    pub keep_going: bool,
+    pub use_cache: bool,
+    pub dry_run: bool,
+    pub override_gates: Vec<String>,
+    pub pull: bool,
+    pub push: bool,
+    pub wait: bool,
+    pub command: Vec<String>,
+}
+
+pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Summary> {
+    let started = Instant::now();
+    let sel = p.select(&opts.targets)?;
+    let stat = StatCache::load(&p.layout.stat_cache());
+    let cache = Cache::new(&p.layout.cache);
+    if opts.dry_run {
+        let lock = LockFile::load(&p.layout.lockfile())?;
+        let planner = Planner {
+            hasher: Hasher::new(&p.root, &stat),
+            cache: &cache,
+            use_cache: opts.use_cache,
+            remote: None,
+        };
+        let planned = plan::upfront(
+            p,
+            &sel.selected,
+            &lock,
+            &planner,
+            &sel.forced,
+            &markers::incomplete(p),
+        )?;
+        let _ = stat.save(&p.layout.stat_cache());
+        rep.dry_run(p, &planned);
+        return Ok(Summary {
+            run_id: None,
+            status: RunStatus::DryRun,
+            exit_code: exit::OK,
+            stages: planned
+                .into_iter()
+                .map(|pl| {
+                    (
+                        p.stages[pl.stage].name.clone(),
+                        StageRecord::new(pl.state, pl.reasons),
+                    )
+                })
+                .collect(),
+            duration_s: started.elapsed().as_secs_f64(),
+        });
+    }
+
+    let _ws = crate::wslock::acquire(&p.layout, opts.wait, &opts.command.join(" "), |m| {
+        rep.waiting(m)
+    })?;
+    // Read the lock now that we hold the workspace: a build we waited for may have changed it.
+    let lock = LockFile::load(&p.layout.lockfile())?;
+    let incomplete = markers::incomplete(p);
+    let remote = match (&p.remote, opts.pull || opts.push) {
+        (Some(r), true) => Some(crate::remote::Remote::open(r, &p.root)?),
+        (None, true) => {
+            return Err(crate::error::invalid(
+                "--pull / --push need a [remote] table in the pipeline",
+            ));
+        }
+        _ => None,
+    };
+
+    record::mark_crashed(&p.layout.runs);
+    let rec = Recorder::start(&p.layout.runs)?;
+    let git = record::git_info(&p.root);
+    let manifest = Manifest {
+        version: record::MANIFEST_VERSION,
+        run_id: rec.run_id.clone(),
+        started_at: crate::fsutil::now_rfc3339(),
+        finished_at: None,
+        status: RunStatus::Running,
+        pipe_version: env!("CARGO_PKG_VERSION").into(),
+        command: opts.command.clone(),
+        git: git.clone(),
+        host: record::hostname(),
+        pipeline: p.name.clone(),
+        params: crate::spec::flatten_params(&p.params),
+        gate_overrides: opts.override_gates.clone(),
+        rollback_to: None,
+        stages: BTreeMap::new(),
+    };
+    let mut ledger = Ledger::open(p, &rec, lock.clone(), manifest)?;
+    let mut events = EventLog::open(&rec)?;
+    let ended = {
+        let mut view = BuildView::new(rep);
+        let mut bus = Bus::new()
+            .with(&mut events)
+            .with(&mut ledger)
+            .with(&mut view);
+        bus.emit(Event::RunStart {
+            run_id: rec.run_id.clone(),
+            run_dir: rec.dir.clone(),
+            stages: sel.selected.len(),
+        })?;
+        let dispatch = dispatch::Dispatch {
+            p,
+            opts,
+            rec: &rec,
+            stat: &stat,
+            cache: &cache,
+            planner: Planner {
+                hasher: Hasher::new(&p.root, &stat),
+                cache: &cache,
+                use_cache: opts.use_cache,
+                remote: if opts.pull { remote.as_ref() } else { None },
+            },
+            lock: &lock,
+            sel: &sel,
+            incomplete: &incomplete,
+            push: if opts.push { remote.as_ref() } else { None },
+            git,
+        };
+        let ended = dispatch.run(&mut bus);
+        let (status, code) = match &ended {
+            Ok(e) if e.interrupted => (RunStatus::Interrupted, exit::INTERRUPTED),
+            Ok(e) if e.failed => (RunStatus::Failed, exit::FAILED),
+            Ok(e) if e.gate_failed => (RunStatus::GateFailed, exit::GATE),
+            Ok(_) => (RunStatus::Success, exit::OK),
+            Err(_) => (RunStatus::Failed, exit::FAILED),
+        };
+        // Whatever happened, keep what was learnt: the lock and the manifest are written.
+        let done = bus.emit(Event::RunDone {
+            status,
+            exit_code: code,
+        });
+        let _ = stat.save(&p.layout.stat_cache());
+        ended?;
+        done?;
+        (status, code)
+    };
+    record::prune_runs(&p.layout.runs, p.keep_runs.max(1));
+
+    let records = &ledger.manifest().stages;
+    let stages: Vec<(String, StageRecord)> = p
+        .order
+        .iter()
+        .filter_map(|&i| {
+            let name = &p.stages[i].name;
+            records.get(name).map(|r| (name.clone(), r.clone()))
+        })
+        .collect();
+    let summary = Summary {
+        run_id: Some(rec.run_id.clone()),
+        status: ended.0,
+        exit_code: ended.1,
+        stages,
+        duration_s: started.elapsed().as_secs_f64(),
+    };
+    rep.summary(&summary);
+    Ok(summary)
+}

@@ -1,0 +1,82 @@
+//! One vocabulary for a stage's state, used by the status table, every `--json`, the run
+//! manifest and the build summary. Plan states (`stale`, `restorable`, ...) and outcome
+//! states (`ran`, `restored`, ...) share it so a word means one thing everywhere.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    // What a plan says before anything runs.
+    UpToDate,
+    Frozen,
+    Stale,
+    Restorable,
+    Blocked,
+    // What a build did.
+    Ran,
+    Restored,
+    Failed,
+    Skipped,
+}
+
+impl StageState {
+    /// The snake_case word of `--json` and the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageState::UpToDate => "up_to_date",
+            StageState::Frozen => "frozen",
+            StageState::Stale => "stale",
+            StageState::Restorable => "restorable",
+            StageState::Blocked => "blocked",
+            StageState::Ran => "ran",
+            StageState::Restored => "restored",
+            StageState::Failed => "failed",
+            StageState::Skipped => "skipped",
+        }
+    }
+
+    /// The words of tables and terminal lines.
+    pub fn label(self) -> &'static str {
+        match self {
+            StageState::UpToDate => "up to date",
+            other => other.as_str(),
+        }
+    }
+
+    /// Nothing to do for this stage (up to date or frozen).
+    pub fn is_fresh(self) -> bool {
+        matches!(self, StageState::UpToDate | StageState::Frozen)
+    }
+}
+
+impl fmt::Display for StageState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_word_and_label_agree() {
+        for s in [
+            StageState::UpToDate,
+            StageState::Frozen,
+            StageState::Stale,
+            StageState::Restorable,
+            StageState::Blocked,
+            StageState::Ran,
+            StageState::Restored,
+            StageState::Failed,
+            StageState::Skipped,
+        ] {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+            assert_eq!(s.label().replace(' ', "_"), s.as_str());
+        }
+    }
+}
