@@ -4,7 +4,7 @@
 //! manifest, gate files, release manifests, running markers).
 
 use crate::cache::CachedOut;
-use crate::execute::failure::StageFailure;
+use crate::failure::StageFailure;
 use crate::gate::GateResult;
 use crate::lockfile::LockEntry;
 use crate::plan::Reason;

@@ -472,12 +472,33 @@ impl Planner<'_> {
     }
 }
 
+/// The declared outs of a frozen stage that are not on disk (a frozen stage never runs, so
+/// its downstream would fail on them).
+pub fn frozen_missing(p: &Pipeline, stage: &Stage) -> Vec<String> {
+    if !stage.frozen {
+        return vec![];
+    }
+    stage
+        .outs
+        .iter()
+        .filter(|o| std::fs::symlink_metadata(p.root.join(&o.path)).is_err())
+        .map(|o| o.path.clone())
+        .collect()
+}
+
 /// One stage's place in a plan made up front (`pipe status`, `pipe build --dry-run`).
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub stage: usize,
     pub state: StageState,
     pub reasons: Vec<Reason>,
+}
+
+impl Planned {
+    /// Something is to do or to fix here (a frozen stage with a missing out counts).
+    pub fn needs_attention(&self) -> bool {
+        !self.state.is_fresh() || !self.reasons.is_empty()
+    }
 }
 
 /// Judge every selected stage in topological order. A stage downstream of one that is not
@@ -516,6 +537,9 @@ pub fn upfront(
             let j = planner.judge(stage, lock.stages.get(&stage.name), opts, true)?;
             let mut state = j.verdict.state();
             let mut reasons = j.verdict.reasons().to_vec();
+            for path in frozen_missing(p, stage) {
+                reasons.push(Reason::OutMissing { path });
+            }
             let stale_up: Vec<Reason> = stage
                 .upstream
                 .iter()

@@ -229,7 +229,7 @@ impl Reporter {
                 StageState::Restorable => "would restore",
                 other => other.label(),
             };
-            if !pl.state.is_fresh() {
+            if pl.needs_attention() {
                 would += 1;
             }
             if !self.quiet {
@@ -289,7 +289,7 @@ impl Reporter {
 pub fn state_tone(state: StageState) -> Tone {
     match state {
         StageState::UpToDate | StageState::Ran | StageState::Restored => Tone::Good,
-        StageState::Frozen | StageState::Restorable => Tone::Info,
+        StageState::Frozen | StageState::Restorable | StageState::Running => Tone::Info,
         StageState::Blocked | StageState::Failed => Tone::Bad,
         StageState::Stale | StageState::Skipped => Tone::Warn,
     }

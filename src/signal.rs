@@ -1,14 +1,16 @@
-//! Process-wide signal counting: SIGINT and SIGTERM only bump a counter, which the build's
-//! dispatcher and a waiting workspace lock read. Nothing else happens in a handler.
+//! Process-wide signal counting: SIGINT, SIGTERM, SIGHUP (a lost terminal) and SIGQUIT
+//! only bump a counter, which the build's dispatcher and a waiting workspace lock read.
+//! Nothing else happens in a handler.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// How many SIGINT/SIGTERM this process has received.
+/// How many of those signals this process has received.
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
-/// Count SIGINT and SIGTERM from now on instead of dying at once.
+/// Count these signals from now on instead of dying at once.
 pub fn install() {
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] {
         // Safety: the handler only does an atomic increment, which is async-signal-safe.
         let _ = unsafe {
             signal_hook::low_level::register(sig, || {

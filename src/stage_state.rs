@@ -14,6 +14,8 @@ pub enum StageState {
     Stale,
     Restorable,
     Blocked,
+    /// A build in another process is running it now.
+    Running,
     // What a build did.
     Ran,
     Restored,
@@ -30,6 +32,7 @@ impl StageState {
             StageState::Stale => "stale",
             StageState::Restorable => "restorable",
             StageState::Blocked => "blocked",
+            StageState::Running => "running",
             StageState::Ran => "ran",
             StageState::Restored => "restored",
             StageState::Failed => "failed",
@@ -69,6 +72,7 @@ mod tests {
             StageState::Stale,
             StageState::Restorable,
             StageState::Blocked,
+            StageState::Running,
             StageState::Ran,
             StageState::Restored,
             StageState::Failed,

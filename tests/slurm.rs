@@ -44,7 +44,8 @@ fn stages_run_on_slurm() {
     };
     let part = slurm.var("PIPE_TEST_SLURM_PARTITION");
 
-    // The time limit takes Slurm 60-90 s to enforce: start it first, in the background.
+    // A time limit holds at the stated time: pipe cancels the job itself (Slurm alone would
+    // take 60-90 s). Started first, in the background.
     let slow = Ws::new(&pipeline(
         &part,
         "[stages.slow]\ncmd = \"sleep 300\"\nouts = [\"never.txt\"]\ntimeout = \"1s\"\n",
@@ -165,13 +166,20 @@ lr = 0.5
         scontrol(&slurm, &job)
     );
 
-    // The time limit: Slurm ended the job, pipe reports it as timed out.
+    // The time limit: pipe cancelled the job at 1 s and reports it as timed out.
     let out = slow_child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("timed out after 1s") && err.contains("TIMEOUT"),
+        err.contains("timed out after 1s") && err.contains("cancelled"),
         "{err}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(slow.last_run_dir().join("manifest.json")).unwrap())
+            .unwrap();
+    assert!(
+        m["stages"]["slow"]["duration_s"].as_f64().unwrap() < 60.0,
+        "cancelled at the stated time, not at Slurm's next check: {m:#}"
     );
 }
 

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 
 pub fn runs(ctx: &Ctx, rep: &Reporter, a: &RunsArgs) -> Result<i32> {
     let p = ctx.load(&[])?;
-    let runs = record::list_runs(&p.layout.runs);
+    let live = crate::wslock::live_holder(&p.layout).and_then(|h| h.run_id);
+    let runs = record::list_runs_live(&p.layout.runs, live.as_deref());
     if a.stats {
         return stats(&runs, a.json);
     }

@@ -16,8 +16,20 @@ use serde::Serialize;
 use std::collections::BTreeSet;
 use std::io::Write;
 
+/// A stage a live build is running now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Running {
+    pub run_id: String,
+    pub elapsed_s: f64,
+    /// The pid of the `pipe build` running it.
+    pub pid: u32,
+}
+
 pub struct Row {
     pub name: String,
+    pub running: Option<Running>,
+    /// Stale, or otherwise in need of a build or a fix.
+    pub attention: bool,
     pub state: StageState,
     pub reasons: Vec<Reason>,
     pub group: Option<String>,
@@ -38,7 +50,32 @@ pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>,
         use_cache: true,
         remote: None,
     };
-    let incomplete = crate::record::markers::incomplete(p);
+    // Stages a live build is running now are `running`, not `incomplete`.
+    let live = crate::wslock::live_holder(&p.layout).and_then(|h| h.run_id.map(|r| (r, h.pid)));
+    let mut running = std::collections::BTreeMap::new();
+    let mut incomplete = crate::record::markers::incomplete(p);
+    if let Some((run_id, pid)) = &live {
+        incomplete.retain(
+            |stage| match crate::record::markers::read(&p.layout, stage) {
+                Some(m) if &m.run_id == run_id => {
+                    let elapsed_s = m
+                        .since
+                        .and_then(|t| t.elapsed().ok())
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    running.insert(
+                        stage.clone(),
+                        Running {
+                            run_id: run_id.clone(),
+                            elapsed_s,
+                            pid: *pid,
+                        },
+                    );
+                    false
+                }
+                _ => true,
+            },
+        );
+    }
     let planned = plan::upfront(
         p,
         &sel.selected,
@@ -52,10 +89,17 @@ pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>,
         .into_iter()
         .map(|pl| {
             let s = &p.stages[pl.stage];
+            let live = running.remove(&s.name);
             Row {
                 name: s.name.clone(),
-                state: pl.state,
-                reasons: pl.reasons,
+                attention: pl.needs_attention() || live.is_some(),
+                state: if live.is_some() {
+                    StageState::Running
+                } else {
+                    pl.state
+                },
+                reasons: if live.is_some() { vec![] } else { pl.reasons },
+                running: live,
                 group: (s.source_name != s.name).then(|| s.source_name.clone()),
             }
         })
@@ -82,12 +126,14 @@ struct StageJson<'a> {
     state: StageState,
     reasons: &'a [Reason],
     group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    running: Option<&'a Running>,
 }
 
 pub fn run(ctx: &Ctx, rep: &Reporter, a: &StatusArgs) -> Result<i32> {
     let p = ctx.load(&a.set)?;
     let (rows, files_read) = rows(&p, &a.stages)?;
-    let stale = rows.iter().filter(|r| !r.state.is_fresh()).count();
+    let stale = rows.iter().filter(|r| r.attention).count();
     if a.json {
         let doc = StatusJson {
             version: 1,
@@ -100,6 +146,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &StatusArgs) -> Result<i32> {
                     state: r.state,
                     reasons: &r.reasons,
                     group: r.group.as_deref(),
+                    running: r.running.as_ref(),
                 })
                 .collect(),
         };
@@ -142,13 +189,13 @@ fn print_table(rows: &[Row], rep: &Reporter, verbose: bool) {
                 .iter()
                 .take_while(|x| x.group.as_ref() == Some(g))
                 .collect();
-            let fresh = members.iter().filter(|m| m.state.is_fresh()).count();
+            let fresh = members.iter().filter(|m| !m.attention).count();
             let state = if fresh == members.len() {
                 StageState::UpToDate
             } else {
                 members
                     .iter()
-                    .find(|m| !m.state.is_fresh())
+                    .find(|m| m.attention)
                     .map_or(StageState::Stale, |m| m.state)
             };
             let mut reasons = Vec::new();
@@ -163,7 +210,18 @@ fn print_table(rows: &[Row], rep: &Reporter, verbose: bool) {
             i += members.len();
             continue;
         }
-        let reasons = r.reasons.iter().map(|x| x.to_string()).collect();
+        let mut reasons: Vec<String> = r.reasons.iter().map(|x| x.to_string()).collect();
+        if let Some(live) = &r.running {
+            reasons.insert(
+                0,
+                format!(
+                    "run {} for {} (pid {})",
+                    live.run_id,
+                    crate::report::secs(live.elapsed_s),
+                    live.pid
+                ),
+            );
+        }
         lines.push((r.name.clone(), r.state, reasons));
         i += 1;
     }

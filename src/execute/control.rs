@@ -6,10 +6,21 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+/// Time between SIGTERM and SIGKILL for a stage's process group.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// A stage's process group started or ended (all its processes gone).
+pub enum GroupEvent {
+    Started(i32),
+    Ended(i32),
+}
+
 /// Shared between a running stage and the scheduler: the process group to signal, the
 /// attempt's deadline, and why it was stopped.
 #[derive(Default)]
 pub struct Control {
+    /// Told when a command's process group starts and ends (watchdog, running marker).
+    pub on_group: Option<Box<dyn Fn(GroupEvent) + Send + Sync>>,
     pub pgid: AtomicI32,
     pub deadline: Mutex<Option<Instant>>,
     pub cancelled: AtomicBool,
@@ -20,6 +31,12 @@ pub struct Control {
 }
 
 impl Control {
+    pub fn group(&self, e: GroupEvent) {
+        if let Some(f) = &self.on_group {
+            f(e);
+        }
+    }
+
     /// Start an attempt: its deadline (`None`: no timeout), nothing sent yet.
     pub fn arm(&self, limit: Option<Duration>) {
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) =

@@ -4,7 +4,7 @@
 //! enforces timeouts and signals.
 
 use super::BuildOptions;
-use super::control::Control;
+use super::control::{Control, GRACE, GroupEvent};
 use super::env::run_spec;
 use super::executor::Executor;
 use super::job::{Done, Job, Msg, Outcome, Work as JobWork};
@@ -16,8 +16,9 @@ use crate::gate::GateResult;
 use crate::graph::{ExecutorKind, Pipeline, Selection};
 use crate::lockfile::LockFile;
 use crate::plan::{JudgeOpts, Planner, Reason, Verdict};
+use crate::process_group::{Recorded, Watchdog};
 use crate::record::release::{Artifact, ReleaseManifest};
-use crate::record::{Git, Recorder};
+use crate::record::{Git, Recorder, markers};
 use crate::stage_state::StageState;
 use crate::state::StatCache;
 use anyhow::Result;
@@ -27,8 +28,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Time between SIGTERM and SIGKILL for a stage's process group.
-pub const GRACE: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(50);
 
 /// How the build ended, as far as scheduling goes.
@@ -51,6 +50,7 @@ pub struct Dispatch<'a> {
     pub incomplete: &'a BTreeSet<String>,
     pub push: Option<&'a crate::remote::Remote>,
     pub git: Git,
+    pub watchdog: Option<Arc<Watchdog>>,
 }
 
 /// What the dispatcher keeps about stages while they are in flight.
@@ -143,7 +143,7 @@ impl Dispatch<'_> {
                                         JobWork::Run(run_spec(p, s, self.rec, &units))
                                     }
                                 };
-                                let control = Arc::new(Control::default());
+                                let control = Arc::new(self.control(&s.name));
                                 running.insert(i, control.clone());
                                 let exec = match (s.executor, &slurm) {
                                     (ExecutorKind::Slurm, Some(x)) => x.clone(),
@@ -214,6 +214,30 @@ impl Dispatch<'_> {
             failed,
             gate_failed: sched.gate_failed(),
         })
+    }
+
+    /// A stage's control: its process groups are registered with the watchdog and written
+    /// into its running marker as they start.
+    fn control(&self, stage: &str) -> Control {
+        let wd = self.watchdog.clone();
+        let layout = self.p.layout.clone();
+        let (stage, run_id) = (stage.to_string(), self.rec.run_id.clone());
+        Control {
+            on_group: Some(Box::new(move |e| match e {
+                GroupEvent::Started(pg) => {
+                    if let Some(w) = &wd {
+                        w.register(pg);
+                    }
+                    let _ = markers::write(&layout, &stage, &run_id, Some(Recorded::of(pg)));
+                }
+                GroupEvent::Ended(pg) => {
+                    if let Some(w) = &wd {
+                        w.unregister(pg);
+                    }
+                }
+            })),
+            ..Default::default()
+        }
     }
 
     fn check_signals(

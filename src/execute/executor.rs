@@ -2,7 +2,7 @@
 //! shell or Slurm), given a [`RunSpec`] and a [`Control`].
 
 use super::control::Control;
-use super::failure::StageFailure;
+use crate::failure::StageFailure;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,9 +32,4 @@ pub enum Attempt {
 /// Something that can run one attempt of a stage's commands: the local shell or Slurm.
 pub trait Executor: Send + Sync {
     fn run(&self, spec: &RunSpec, control: &Control) -> Attempt;
-    /// Extra time pipe allows past a stage's `timeout` before it steps in itself: zero when
-    /// pipe enforces the limit, more when the executor's scheduler enforces it.
-    fn timeout_grace(&self) -> Duration {
-        Duration::ZERO
-    }
 }

@@ -4,8 +4,8 @@
 
 use super::control::Control;
 use super::executor::{Attempt, Executor, RunSpec};
-use super::failure::StageFailure;
 use crate::cache::{Cache, CachedOut, Corrupt, RunEntry};
+use crate::failure::StageFailure;
 use crate::graph::Stage;
 use crate::hash::{Hasher, PathHash};
 use crate::state::StatCache;
@@ -173,8 +173,7 @@ impl Job<'_> {
                     ),
                 );
             }
-            let limit = s.timeout.map(|t| t + exec.timeout_grace());
-            control.arm(limit);
+            control.arm(s.timeout);
             let result = exec.run(spec, control);
             if let Some(j) = control.job_id() {
                 done.job_id = Some(j);

@@ -1,9 +1,10 @@
 //! The local executor: each command through `sh -c` in its own process group, output to
 //! the stage log.
 
-use super::control::Control;
+use super::control::{Control, GRACE, GroupEvent};
 use super::executor::{Attempt, Executor, RunSpec};
-use super::failure::StageFailure;
+use crate::failure::StageFailure;
+use crate::process_group as group;
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -59,9 +60,14 @@ fn run_one(spec: &RunSpec, cmd: &str, control: &Control) -> Result<Attempt> {
             spec.cwd.display()
         )
     })?;
-    control.pgid.store(child.id() as i32, Ordering::SeqCst);
+    let pg = child.id() as i32;
+    control.pgid.store(pg, Ordering::SeqCst);
+    control.group(GroupEvent::Started(pg));
     let status = child.wait();
+    // Whatever `sh` left in its group must not outlive the stage: TERM, then KILL.
+    group::drain(pg, GRACE);
     control.pgid.store(0, Ordering::SeqCst);
+    control.group(GroupEvent::Ended(pg));
     let status = status.context("cannot wait for the stage's process")?;
     if control.cancelled.load(Ordering::SeqCst) {
         return Ok(Attempt::Interrupted);

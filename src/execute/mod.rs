@@ -7,7 +7,6 @@ pub mod control;
 mod dispatch;
 mod env;
 pub mod executor;
-pub mod failure;
 mod job;
 pub mod local;
 mod pools;
@@ -44,6 +43,25 @@ pub struct BuildOptions {
     pub push: bool,
     pub wait: bool,
     pub command: Vec<String>,
+}
+
+/// Before anything runs: a stage whose earlier run left processes alive (pipe and its
+/// watchdog were both killed) has them stopped first, with one line saying so.
+fn stop_leftovers(p: &Pipeline, incomplete: &std::collections::BTreeSet<String>, rep: &Reporter) {
+    for stage in incomplete {
+        let Some(m) = markers::read(&p.layout, stage) else {
+            continue;
+        };
+        if let Some(g) = m.group
+            && g.is_alive()
+        {
+            rep.warn(&format!(
+                "stage `{stage}`: stopping processes its run {} left running (process group {})",
+                m.run_id, g.pgid
+            ));
+            crate::process_group::stop_leftover(g, control::GRACE);
+        }
+    }
 }
 
 pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Summary> {
@@ -86,12 +104,24 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         });
     }
 
-    let _ws = crate::wslock::acquire(&p.layout, opts.wait, &opts.command.join(" "), |m| {
+    for &i in &sel.selected {
+        let s = &p.stages[i];
+        if let Some(out) = plan::frozen_missing(p, s).first() {
+            return Err(crate::error::failed(format!(
+                "stage `{}` is frozen but its out `{out}` is missing; nothing was run. Put the file back (e.g. `git checkout -- {out}`) or remove `frozen = true`",
+                s.name
+            )));
+        }
+    }
+    // Forked while pipe still has one thread: it stops every stage's processes if pipe dies.
+    let watchdog = crate::process_group::Watchdog::start().map(std::sync::Arc::new);
+    let mut ws = crate::wslock::acquire(&p.layout, opts.wait, &opts.command.join(" "), |m| {
         rep.waiting(m)
     })?;
     // Read the lock now that we hold the workspace: a build we waited for may have changed it.
     let lock = LockFile::load(&p.layout.lockfile())?;
     let incomplete = markers::incomplete(p);
+    stop_leftovers(p, &incomplete, rep);
     let remote = match (&p.remote, opts.pull || opts.push) {
         (Some(r), true) => Some(crate::remote::Remote::open(r, &p.root)?),
         (None, true) => {
@@ -104,6 +134,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
 
     record::mark_crashed(&p.layout.runs);
     let rec = Recorder::start(&p.layout.runs)?;
+    ws.set_run(&rec.run_id)?;
     let git = record::git_info(&p.root);
     let manifest = Manifest {
         version: record::MANIFEST_VERSION,
@@ -151,6 +182,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
             incomplete: &incomplete,
             push: if opts.push { remote.as_ref() } else { None },
             git,
+            watchdog: watchdog.clone(),
         };
         let ended = dispatch.run(&mut bus);
         let (status, code) = match &ended {
@@ -171,6 +203,9 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         (status, code)
     };
     record::prune_runs(&p.layout.runs, p.keep_runs.max(1));
+    if let Some(w) = watchdog.and_then(std::sync::Arc::into_inner) {
+        w.dismiss();
+    }
 
     let records = &ledger.manifest().stages;
     let stages: Vec<(String, StageRecord)> = p

@@ -4,7 +4,7 @@
 
 use super::control::Control;
 use super::executor::{Attempt, Executor, RunSpec};
-use super::failure::StageFailure;
+use crate::failure::StageFailure;
 use crate::graph::SlurmConfig;
 use std::process::Command;
 use std::sync::atomic::Ordering;
@@ -83,12 +83,6 @@ impl SlurmExecutor {
 }
 
 impl Executor for SlurmExecutor {
-    /// Slurm enforces `--time` itself but checks only every 30 s; pipe steps in only if a
-    /// job outlives its limit by far.
-    fn timeout_grace(&self) -> Duration {
-        Duration::from_secs(150)
-    }
-
     fn run(&self, spec: &RunSpec, control: &Control) -> Attempt {
         let script_path = spec.log.with_extension("sbatch.sh");
         let mut script = String::from("#!/bin/sh\nset -e\n");

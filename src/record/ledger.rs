@@ -148,7 +148,7 @@ impl Sink for Ledger<'_> {
                 self.manifest.stages.insert(stage.clone(), r);
             }
             Event::StageStart { stage, .. } => {
-                markers::write(&self.p.layout, stage, &self.rec.run_id)?;
+                markers::write(&self.p.layout, stage, &self.rec.run_id, None)?;
             }
             Event::StageOk {
                 stage,

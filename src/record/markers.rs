@@ -1,21 +1,54 @@
-//! Running markers: `.pipe/state/running/<stage>` holds the run id while a stage runs. A
-//! marker left behind means the stage's last run was cut off (`incomplete`), so the next
-//! build reruns it even if its outs look complete.
+//! Running markers: `.pipe/state/running/<stage>` exists while a stage runs and holds the run
+//! id and, once its command started, the process group and its leader's start time
+//! (`RUN_ID PGID START`). A marker left behind means the stage's last run was cut off
+//! (`incomplete`), and names the group a later build must stop before running it again.
 
 use crate::fsutil::{Layout, marker_name, quick_write};
 use crate::graph::Pipeline;
+use crate::process_group::Recorded;
 use anyhow::Result;
 use std::collections::BTreeSet;
+use std::time::SystemTime;
 
-pub fn write(layout: &Layout, stage: &str, run_id: &str) -> Result<()> {
-    quick_write(
-        &layout.running_marker(stage),
-        format!("{run_id}\n").as_bytes(),
-    )
+/// What a marker says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    pub run_id: String,
+    pub group: Option<Recorded>,
+    /// When the marker was last written (the stage, or its current command, started).
+    pub since: Option<SystemTime>,
+}
+
+pub fn write(layout: &Layout, stage: &str, run_id: &str, group: Option<Recorded>) -> Result<()> {
+    let text = match group {
+        Some(g) => format!("{run_id} {} {}\n", g.pgid, g.start),
+        None => format!("{run_id}\n"),
+    };
+    quick_write(&layout.running_marker(stage), text.as_bytes())
 }
 
 pub fn remove(layout: &Layout, stage: &str) {
     let _ = std::fs::remove_file(layout.running_marker(stage));
+}
+
+pub fn read(layout: &Layout, stage: &str) -> Option<Marker> {
+    let path = layout.running_marker(stage);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let mut words = text.split_whitespace();
+    let run_id = words.next().unwrap_or_default().to_string();
+    let group = match (
+        words.next().and_then(|w| w.parse().ok()),
+        words.next().and_then(|w| w.parse().ok()),
+    ) {
+        (Some(pgid), Some(start)) => Some(Recorded { pgid, start }),
+        _ => None,
+    };
+    let since = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    Some(Marker {
+        run_id,
+        group,
+        since,
+    })
 }
 
 /// Stage names whose last run was cut off.

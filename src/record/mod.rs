@@ -262,7 +262,20 @@ pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
-/// Read every run manifest under `runs_dir`, newest first. Unreadable ones are skipped.
+/// Read every run manifest under `runs_dir`, newest first. Unreadable ones are skipped. A run
+/// still marked `running` shows as `crashed` unless its build is alive now (`live`: the run
+/// id of the live workspace holder).
+pub fn list_runs_live(runs_dir: &Path, live: Option<&str>) -> Vec<Manifest> {
+    let mut runs = list_runs(runs_dir);
+    for m in &mut runs {
+        if m.status == RunStatus::Running && live != Some(m.run_id.as_str()) {
+            m.status = RunStatus::Crashed;
+        }
+    }
+    runs
+}
+
+/// Read every run manifest under `runs_dir`, newest first, as written.
 pub fn list_runs(runs_dir: &Path) -> Vec<Manifest> {
     let mut ids: Vec<String> = match std::fs::read_dir(runs_dir) {
         Ok(rd) => rd
