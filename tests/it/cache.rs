@@ -1,7 +1,6 @@
 //! The content-addressed cache: restore instead of rerun, verification, folders and modes,
 //! sharing one cache between workspaces, and `pipe gc`.
-mod common;
-use common::Ws;
+use crate::harness::{Run, Ws};
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -55,7 +54,7 @@ fn make_writable(p: &Path) {
     std::fs::set_permissions(p, perm).unwrap();
 }
 
-fn build_with_cache(ws: &Ws, cache: &Path, args: &[&str]) -> common::Run {
+fn build_with_cache(ws: &Ws, cache: &Path, args: &[&str]) -> Run {
     ws.cmd(args)
         .env("PIPE_CACHE_DIR", cache)
         .output()
@@ -554,8 +553,8 @@ outs = ["d"]
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let r1: common::Run = c1.wait_with_output().unwrap().into();
-    let r2: common::Run = c2.wait_with_output().unwrap().into();
+    let r1: Run = c1.wait_with_output().unwrap().into();
+    let r2: Run = c2.wait_with_output().unwrap().into();
     r1.ok();
     r2.ok();
     for f in ["a.txt", "big.txt", "d/1", "d/2"] {

@@ -1,8 +1,7 @@
 //! The remote cache against a real S3-compatible server (SeaweedFS on 127.0.0.1, started by
 //! tests/servers/s3.sh): push from one clone, pull into another, tampering, bad credentials,
 //! a dead server.
-mod common;
-use common::{Server, Ws};
+use crate::harness::{Run, Server, Ws};
 use std::time::{Duration, Instant};
 
 fn pipeline(endpoint: &str, bucket: &str, prefix: &str) -> String {
@@ -26,7 +25,7 @@ outs = ["model.bin"]
 }
 
 /// Run pipe with a hard deadline, so a hang fails the test instead of blocking it.
-fn bounded(s: &Server, ws: &Ws, args: &[&str], extra: &[(&str, &str)]) -> common::Run {
+fn bounded(s: &Server, ws: &Ws, args: &[&str], extra: &[(&str, &str)]) -> Run {
     let mut c = ws.cmd(args);
     c.envs(s.env.iter().map(|(k, v)| (k, v)));
     c.envs(extra.iter().copied());

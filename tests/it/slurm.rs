@@ -1,7 +1,6 @@
 //! Stages on a real one-node Slurm (started by tests/servers/slurm.sh): success with its log
 //! and job id, a failing job, a time limit that Slurm enforces, Ctrl-C cancelling the job.
-mod common;
-use common::{Server, Ws};
+use crate::harness::{Run, Server, Ws};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -182,7 +181,7 @@ fn missing_or_rejecting_sbatch_is_a_clear_error_naming_the_stage() {
     );
     // No sbatch anywhere on PATH.
     let empty = tempfile::tempdir().unwrap();
-    let r: common::Run = ws
+    let r: Run = ws
         .cmd(&["build"])
         .env("PATH", empty.path())
         .output()
@@ -206,7 +205,7 @@ fn missing_or_rejecting_sbatch_is_a_clear_error_naming_the_stage() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let r: common::Run = ws
+    let r: Run = ws
         .cmd(&["build"])
         .env("PATH", path)
         .output()

@@ -1,8 +1,7 @@
 //! The core engine end to end: staleness reasons in `pipe status`, what `pipe build` runs,
 //! Pipeline.lock, `pipe dag`, `pipe init`, `-C` and `-f`.
 
-mod common;
-use common::{Run, Ws};
+use crate::harness::{Run, Ws};
 
 // ---------------------------------------------------------------- helpers
 
@@ -1029,7 +1028,7 @@ fn color_and_pipe_log_control_diagnostics() {
     let coloured = ws.pipe(&["--color", "always", "build", "--force"]);
     assert!(coloured.stderr.contains("\x1b[1;32m"), "{coloured}");
     // NO_COLOR (set by the helper) wins over auto; PIPE_LOG turns on the decision trace.
-    let traced: common::Run = ws
+    let traced: Run = ws
         .cmd(&["build"])
         .env("PIPE_LOG", "pipe=debug")
         .output()

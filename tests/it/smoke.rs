@@ -1,5 +1,4 @@
-mod common;
-use common::Ws;
+use crate::harness::Ws;
 
 #[test]
 fn builds_then_nothing_runs_on_a_noop_rebuild() {

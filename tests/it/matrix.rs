@@ -1,6 +1,5 @@
 //! Sweeps: matrix and foreach stages, params files, metrics across members, params diff.
-mod common;
-use common::Ws;
+use crate::harness::Ws;
 
 const SWEEP: &str = r#"
 [stages.train]

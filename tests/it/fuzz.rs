@@ -5,8 +5,7 @@
 //!
 //! Cases per property: `PIPE_FUZZ_CASES` (default 300; the binary properties run a quarter).
 
-mod common;
-use common::Ws;
+use crate::harness::{Run, Ws};
 
 use pipe::graph::{LoadOptions, Pipeline};
 use pipe::lockfile::{LockEntry, LockFile, OutRecord};
@@ -791,7 +790,7 @@ proptest! {
 
 // ---------------------------------------------------------------- the binary, fewer cases
 
-fn no_panic(r: &common::Run, allowed: &[i32], what: &str) -> Result<(), TestCaseError> {
+fn no_panic(r: &Run, allowed: &[i32], what: &str) -> Result<(), TestCaseError> {
     prop_assert!(
         !r.stderr.contains("panicked") && r.code != 101,
         "`pipe {}` panicked\n{}",

@@ -1,8 +1,7 @@
 //! Reliability: do the bad thing for real with the real binary — kill -9 mid-build, Ctrl-C,
 //! SIGTERM, two builds at once, flaky stages, timeouts, resource pools, stale and escaping outs.
 
-mod common;
-use common::Ws;
+use crate::harness::Ws;
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! Run records (manifest, events, logs), quality gates, releases and rollback, and the
 //! `pipe runs` / `pipe log` / `pipe releases` views of them.
-mod common;
-use common::Ws;
+use crate::harness::Ws;
 
 use serde_json::Value;
 use std::path::Path;
