@@ -2,9 +2,11 @@
 //! instead of one per file. Run one module with `cargo test --test it <module>::`.
 //!
 //! A new test file goes here as `tests/it/<name>.rs` plus a `mod` line below; a file left
-//! at `tests/<name>.rs` is not built at all (`autotests = false`).
+//! at `tests/<name>.rs` is not built at all (`autotests = false`), and the test
+//! `harness::every_test_file_is_a_module_of_this_binary` says so.
 
-/// Shared helpers: `Ws` (a temporary workspace), `Run` (one `pipe` invocation), test servers.
+/// Shared helpers: `Ws` (a temporary workspace), `Run` (one `pipe` invocation), the `Test`
+/// builder, child processes with deadlines, polling, clock-free scheduling checks, servers.
 mod harness;
 
 /// The content-addressed cache: restore, verification, folders and modes, sharing, gc.
