@@ -9,6 +9,7 @@
 //! - run records ([`events`]);
 //! - stage commands that make scheduling observable without a clock ([`rendezvous`],
 //!   [`serial`], [`assert_serial`], [`wait_for_event`]);
+//! - snapshot redaction ([`snapshot!`](crate::snapshot), [`redact`]);
 //! - the test servers of `tests/servers/` ([`Server`]).
 //!
 //! No helper measures time to decide a result: deadlines only turn a hang into a failure.
@@ -398,6 +399,41 @@ pub fn wait_for_event(event: &str) -> String {
     format!(
         "i=0; while ! grep -qs {event} $PIPE_RUN_DIR/events.jsonl && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done"
     )
+}
+
+// ---------------------------------------------------------------- snapshots
+
+/// Replace what changes from run to run with placeholders: the workspace's path (`[WS]`);
+/// the duration filters and run ids are insta filters, see [`snapshot!`](crate::snapshot).
+pub fn redact(ws: &Ws, text: &str) -> String {
+    let mut text = text.to_string();
+    if let Ok(real) = ws.root().canonicalize() {
+        text = text.replace(&*real.to_string_lossy(), "[WS]");
+    }
+    text.replace(&*ws.root().to_string_lossy(), "[WS]")
+}
+
+/// Insta settings for `pipe` output: durations (`0.0s`, `12.3s`) become `[TIME]` and run
+/// ids (`20261201-153000-123`) become `[RUN]`.
+pub fn snapshot_settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.add_filter(r"\b\d+\.\d+s\b", "[TIME]");
+    s.add_filter(r"\b\d{8}-\d{6}-\d{3}\b", "[RUN]");
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
+
+/// `snapshot!(name, ws, text)`: `text` (anything `Display`, e.g. a [`Run`], which shows its
+/// exit code, stdout and stderr), redacted, must equal the stored snapshot
+/// `tests/it/snapshots/NAME.snap` (review changes with `cargo insta review`, or
+/// `INSTA_UPDATE=always cargo test --test it output::` and `git diff`).
+#[macro_export]
+macro_rules! snapshot {
+    ($name:expr, $ws:expr, $text:expr) => {{
+        let text = $crate::harness::redact($ws, &($text).to_string());
+        $crate::harness::snapshot_settings()
+            .bind(|| insta::assert_snapshot!($name, text, stringify!($text)));
+    }};
 }
 
 // ---------------------------------------------------------------- every test file is built

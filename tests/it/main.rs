@@ -6,17 +6,21 @@
 //! `harness::every_test_file_is_a_module_of_this_binary` says so.
 
 /// Shared helpers: `Ws` (a temporary workspace), `Run` (one `pipe` invocation), the `Test`
-/// builder, child processes with deadlines, polling, clock-free scheduling checks, servers.
+/// builder, child processes with deadlines, polling, clock-free scheduling checks, snapshot
+/// redaction, servers.
 mod harness;
 
 /// The content-addressed cache: restore, verification, folders and modes, sharing, gc.
 mod cache;
 /// The core engine: staleness reasons, what `pipe build` runs, -j, the lock, dag, init, -C/-f.
 mod core_build;
-/// Property tests over hostile Pipeline.toml / Pipeline.lock (`PIPE_FUZZ_CASES`).
+/// Property tests over hostile Pipeline.toml / Pipeline.lock (`PIPE_FUZZ_CASES`, default 64).
 mod fuzz;
 /// Sweeps: matrix and foreach stages, params files, metrics across members, params diff.
 mod matrix;
+/// Exact output (insta snapshots in snapshots/): the status table, the build summary, the
+/// dry-run plan, the main validation errors.
+mod output;
 /// Run records, quality gates, releases and rollback, and the views of them.
 mod records;
 /// kill -9, Ctrl-C, two builds at once, retries, timeouts, resource pools, escaping outs.
