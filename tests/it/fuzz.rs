@@ -3,10 +3,11 @@
 //! through the real binary (`pipe validate`, `pipe status`, `pipe dag`), where a panic would
 //! show as exit 101 and "panicked" on stderr.
 //!
-//! Cases per property: `PIPE_FUZZ_CASES` (default 300; the binary properties run a quarter).
+//! Cases per property: `PIPE_FUZZ_CASES`, default 64 so the suite stays quick; the properties
+//! that run the binary (a process per command) run a quarter of it, 16 by default. For a
+//! deeper search: `PIPE_FUZZ_CASES=2000 cargo test --test it fuzz::` (see docs/ci.md).
 
-mod common;
-use common::Ws;
+use crate::harness::{Run, Ws};
 
 use pipe::graph::{LoadOptions, Pipeline};
 use pipe::lockfile::{LockEntry, LockFile, OutRecord};
@@ -14,11 +15,15 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 use std::path::Path;
 
-fn config(default: u32, divisor: u32) -> Config {
+/// Cases per property when `PIPE_FUZZ_CASES` is not set.
+const DEFAULT_CASES: u32 = 64;
+
+/// `PIPE_FUZZ_CASES` (or [`DEFAULT_CASES`]) divided by `divisor`, at least 1.
+fn config(divisor: u32) -> Config {
     let cases = std::env::var("PIPE_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
-        .unwrap_or(default);
+        .unwrap_or(DEFAULT_CASES);
     Config {
         cases: (cases / divisor).max(1),
         failure_persistence: None,
@@ -750,7 +755,7 @@ impl LibWs {
 }
 
 proptest! {
-    #![proptest_config(config(300, 1))]
+    #![proptest_config(config(1))]
 
     #[test]
     fn loading_random_bytes_never_panics(text in prop::collection::vec(any::<u8>(), 0..400)) {
@@ -791,7 +796,7 @@ proptest! {
 
 // ---------------------------------------------------------------- the binary, fewer cases
 
-fn no_panic(r: &common::Run, allowed: &[i32], what: &str) -> Result<(), TestCaseError> {
+fn no_panic(r: &Run, allowed: &[i32], what: &str) -> Result<(), TestCaseError> {
     prop_assert!(
         !r.stderr.contains("panicked") && r.code != 101,
         "`pipe {}` panicked\n{}",
@@ -810,7 +815,7 @@ fn no_panic(r: &common::Run, allowed: &[i32], what: &str) -> Result<(), TestCase
 }
 
 proptest! {
-    #![proptest_config(config(300, 4))]
+    #![proptest_config(config(4))]
 
     #[test]
     fn the_binary_never_panics_on_hostile_pipelines_and_locks(

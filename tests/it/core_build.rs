@@ -1,8 +1,7 @@
 //! The core engine end to end: staleness reasons in `pipe status`, what `pipe build` runs,
 //! Pipeline.lock, `pipe dag`, `pipe init`, `-C` and `-f`.
 
-mod common;
-use common::{Run, Ws};
+use crate::harness::{Run, Ws, assert_serial, rendezvous, serial, wait_for_event};
 
 // ---------------------------------------------------------------- helpers
 
@@ -83,21 +82,9 @@ fn assert_up_to_date(ws: &Ws) {
     assert_eq!(v["up_to_date"], true, "{run}");
 }
 
-/// Reads `<name>.start` / `<name>.end` written with `date +%s.%N`.
-fn interval(ws: &Ws, name: &str) -> (f64, f64) {
-    let read = |f: String| -> f64 {
-        ws.read(&f)
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("{f}: {e}"))
-    };
-    (read(format!("{name}.start")), read(format!("{name}.end")))
-}
-
-fn timed(name: &str) -> String {
-    format!(
-        "[stages.{name}]\ncmd = \"date +%s.%N > {name}.start; sleep 0.3; date +%s.%N > {name}.end\"\nouts = [\"{name}.start\", \"{name}.end\"]\n"
-    )
+/// A stage `name` running `body` (no deps, no outs).
+fn stage(name: &str, body: &str) -> String {
+    format!("[stages.{name}]\ncmd = \"{body}\"\n")
 }
 
 const CHAIN: &str = r#"
@@ -548,36 +535,33 @@ outs = ["bottom.txt"]
 
 #[test]
 fn jobs_two_overlap_and_jobs_one_never() {
-    let ws = Ws::new(&format!("{}\n{}", timed("p"), timed("q")));
+    // Under -j 2 each stage waits for the other to start: the build passes only if they ran
+    // at the same time.
+    let both = rendezvous("ready", 2);
+    let ws = Ws::new(&format!("{}\n{}", stage("p", &both), stage("q", &both)));
     ws.pipe(&["build", "-j", "2"]).ok();
-    let (ps, pe) = interval(&ws, "p");
-    let (qs, qe) = interval(&ws, "q");
-    assert!(
-        ps < qe && qs < pe,
-        "-j 2: p [{ps}, {pe}] and q [{qs}, {qe}] do not overlap"
-    );
 
-    let ws = Ws::new(&format!("{}\n{}", timed("p"), timed("q")));
+    // Under -j 1 the start/end lines of the two stages never interleave.
+    let ws = Ws::new(&format!(
+        "{}\n{}",
+        stage("p", &serial("p")),
+        stage("q", &serial("q"))
+    ));
     ws.pipe(&["build", "-j", "1"]).ok();
-    let (ps, pe) = interval(&ws, "p");
-    let (qs, qe) = interval(&ws, "q");
-    assert!(
-        pe <= qs || qe <= ps,
-        "-j 1: p [{ps}, {pe}] and q [{qs}, {qe}] overlap"
-    );
+    let mut order = assert_serial(&ws);
+    order.sort();
+    assert_eq!(order, ["p", "q"]);
 }
 
 #[test]
 fn pipeline_jobs_key_is_the_default_parallelism() {
     let ws = Ws::new(&format!(
         "[pipeline]\njobs = 1\n\n{}\n{}",
-        timed("p"),
-        timed("q")
+        stage("p", &serial("p")),
+        stage("q", &serial("q"))
     ));
     ws.pipe(&["build"]).ok();
-    let (ps, pe) = interval(&ws, "p");
-    let (qs, qe) = interval(&ws, "q");
-    assert!(pe <= qs || qe <= ps, "jobs = 1 but p and q overlap");
+    assert_eq!(assert_serial(&ws).len(), 2, "jobs = 1 but p and q overlap");
 }
 
 const FAILING: &str = r#"
@@ -586,7 +570,7 @@ cmd = "printf 'fir%s\\n' st-line; for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 1
 outs = ["bad.txt"]
 
 [stages.slow]
-cmd = "sleep 0.3; echo ok > slow.txt"
+cmd = "WAIT_FOR_FAILURE; echo ok > slow.txt"
 outs = ["slow.txt"]
 
 [stages.late]
@@ -595,9 +579,14 @@ deps = ["slow.txt"]
 outs = ["late.txt"]
 "#;
 
+/// FAILING, where `slow` keeps running until pipe has recorded the failure of `bad`.
+fn failing() -> String {
+    FAILING.replace("WAIT_FOR_FAILURE", &wait_for_event("stage_fail"))
+}
+
 #[test]
 fn fail_fast_lets_running_stages_finish_and_starts_nothing_new() {
-    let ws = Ws::new(FAILING);
+    let ws = Ws::new(&failing());
     let run = ws.pipe(&["build", "-j", "2"]);
     run.code(1).err_has("bad").err_has("the-last-words");
     assert!(
@@ -617,7 +606,7 @@ fn fail_fast_lets_running_stages_finish_and_starts_nothing_new() {
 #[test]
 fn keep_going_runs_what_does_not_depend_on_the_failure() {
     let ws = Ws::new(
-        r#"
+        &r#"
 [stages.bad]
 cmd = "exit 1"
 outs = ["bad.txt"]
@@ -628,15 +617,17 @@ deps = ["bad.txt"]
 outs = ["after_bad.txt"]
 
 [stages.slow]
-cmd = "sleep 0.3; echo ok > slow.txt"
+cmd = "WAIT_FOR_FAILURE; echo ok > slow.txt"
 outs = ["slow.txt"]
 
 [stages.late]
 cmd = "echo ok > late.txt"
 deps = ["slow.txt"]
 outs = ["late.txt"]
-"#,
+"#
+        .replace("WAIT_FOR_FAILURE", &wait_for_event("stage_fail")),
     );
+    // `late` becomes ready only after `bad` failed.
     let run = ws.pipe(&["build", "-j", "2", "--keep-going", "--json"]);
     run.code(1);
     assert!(ws.exists("late.txt"));
@@ -852,17 +843,13 @@ fn wdir_runs_the_command_there() {
 
 #[test]
 fn after_orders_without_data() {
-    let mut p = timed("first");
-    p.push_str(&timed("second"));
-    p.push_str("after = [\"first\"]\n");
-    let ws = Ws::new(&p);
+    let ws = Ws::new(&format!(
+        "{}{}after = [\"first\"]\n",
+        stage("first", &serial("first")),
+        stage("second", &serial("second"))
+    ));
     ws.pipe(&["build", "-j", "4"]).ok();
-    let (_, fe) = interval(&ws, "first");
-    let (ss, _) = interval(&ws, "second");
-    assert!(
-        fe <= ss,
-        "second started at {ss} before first ended at {fe}"
-    );
+    assert_eq!(assert_serial(&ws), ["first", "second"]);
 }
 
 #[test]
@@ -1029,7 +1016,7 @@ fn color_and_pipe_log_control_diagnostics() {
     let coloured = ws.pipe(&["--color", "always", "build", "--force"]);
     assert!(coloured.stderr.contains("\x1b[1;32m"), "{coloured}");
     // NO_COLOR (set by the helper) wins over auto; PIPE_LOG turns on the decision trace.
-    let traced: common::Run = ws
+    let traced: Run = ws
         .cmd(&["build"])
         .env("PIPE_LOG", "pipe=debug")
         .output()

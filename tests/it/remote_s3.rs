@@ -1,9 +1,8 @@
 //! The remote cache against a real S3-compatible server (SeaweedFS on 127.0.0.1, started by
 //! tests/servers/s3.sh): push from one clone, pull into another, tampering, bad credentials,
 //! a dead server.
-mod common;
-use common::{Server, Ws};
-use std::time::{Duration, Instant};
+use crate::harness::{Run, Server, Ws, finish, start};
+use std::time::Duration;
 
 fn pipeline(endpoint: &str, bucket: &str, prefix: &str) -> String {
     format!(
@@ -26,24 +25,11 @@ outs = ["model.bin"]
 }
 
 /// Run pipe with a hard deadline, so a hang fails the test instead of blocking it.
-fn bounded(s: &Server, ws: &Ws, args: &[&str], extra: &[(&str, &str)]) -> common::Run {
+fn bounded(s: &Server, ws: &Ws, args: &[&str], extra: &[(&str, &str)]) -> Run {
     let mut c = ws.cmd(args);
     c.envs(s.env.iter().map(|(k, v)| (k, v)));
     c.envs(extra.iter().copied());
-    c.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap().into();
-        }
-        if start.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            panic!("pipe {args:?} hung for 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    finish(start(c), Duration::from_secs(90))
 }
 
 fn runs(ws: &Ws) -> usize {
@@ -60,11 +46,11 @@ fn s3_remote_cache_end_to_end() {
     let endpoint = s3.var("PIPE_TEST_S3_ENDPOINT");
     let bucket = s3.var("PIPE_TEST_S3_BUCKET");
     // A prefix of our own so reruns and parallel tests never see each other's objects.
-    let prefix = format!(
-        "t{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("t{}-{nanos}", std::process::id());
 
     // Workspace A builds and pushes what it built.
     let root_a = tempfile::tempdir().unwrap();

@@ -1,8 +1,7 @@
 //! Every validation error exits 2 before any command runs, naming file:line and the stage;
 //! broken input never panics.
 
-mod common;
-use common::{Run, Ws};
+use crate::harness::{Run, Ws};
 
 /// A stage that leaves a marker if anything runs at all; appended after the pipeline under test.
 const MARKER: &str = "\n[stages.zz_marker]\ncmd = \"touch ran-marker\"\n";

@@ -1,10 +1,10 @@
 //! The content-addressed cache: restore instead of rerun, verification, folders and modes,
 //! sharing one cache between workspaces, and `pipe gc`.
-mod common;
-use common::Ws;
+use crate::harness::{Run, Ws, finish, rendezvous, start};
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// One stage copying `in.txt` to `a.txt`, counting its runs in `runs_a.txt` (not an out).
 const COPY: &str = r#"
@@ -55,7 +55,7 @@ fn make_writable(p: &Path) {
     std::fs::set_permissions(p, perm).unwrap();
 }
 
-fn build_with_cache(ws: &Ws, cache: &Path, args: &[&str]) -> common::Run {
+fn build_with_cache(ws: &Ws, cache: &Path, args: &[&str]) -> Run {
     ws.cmd(args)
         .env("PIPE_CACHE_DIR", cache)
         .output()
@@ -523,9 +523,12 @@ fn gc_dry_run_reports_and_removes_nothing() {
 
 #[test]
 fn two_concurrent_builds_in_two_clones_on_one_cache_both_succeed() {
+    // Stage `a` of each clone waits for stage `a` of the other one (a rendezvous in a folder
+    // outside both), so the two builds really run at the same time.
+    let meet = tempfile::tempdir().unwrap();
     let pipeline = r#"
 [stages.a]
-cmd = "echo run >> runs.txt && sleep 0.3 && head -c 200000 /dev/zero | tr '\\0' x > big.txt && cp in.txt a.txt"
+cmd = "echo run >> runs.txt && MEET && head -c 200000 /dev/zero | tr '\\0' x > big.txt && cp in.txt a.txt"
 deps = ["in.txt"]
 outs = ["a.txt", "big.txt"]
 
@@ -533,31 +536,26 @@ outs = ["a.txt", "big.txt"]
 cmd = "echo run >> runs.txt && mkdir -p d && cp a.txt d/1 && cp big.txt d/2"
 deps = ["a.txt", "big.txt"]
 outs = ["d"]
-"#;
+"#
+    .replace(
+        "MEET",
+        &rendezvous(&meet.path().join("ready").to_string_lossy(), 2),
+    );
     let cache = tempfile::tempdir().unwrap();
-    let one = Ws::new(pipeline);
-    let two = Ws::new(pipeline);
+    let one = Ws::new(&pipeline);
+    let two = Ws::new(&pipeline);
     for ws in [&one, &two] {
         ws.write("in.txt", "same\n");
     }
-    let c1 = one
-        .cmd(&["build"])
-        .env("PIPE_CACHE_DIR", cache.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let c2 = two
-        .cmd(&["build"])
-        .env("PIPE_CACHE_DIR", cache.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let r1: common::Run = c1.wait_with_output().unwrap().into();
-    let r2: common::Run = c2.wait_with_output().unwrap().into();
-    r1.ok();
-    r2.ok();
+    let build = |ws: &Ws| {
+        let mut c = ws.cmd(&["build"]);
+        c.env("PIPE_CACHE_DIR", cache.path());
+        start(c)
+    };
+    let (c1, c2) = (build(&one), build(&two));
+    let cap = Duration::from_secs(120);
+    finish(c1, cap).ok();
+    finish(c2, cap).ok();
     for f in ["a.txt", "big.txt", "d/1", "d/2"] {
         assert_eq!(
             std::fs::read(one.path(f)).unwrap(),
@@ -572,7 +570,7 @@ outs = ["d"]
         assert!(!name.starts_with(".tmp"), "left over: {}", f.display());
     }
     // A third clone restores everything from what the two stored.
-    let three = Ws::new(pipeline);
+    let three = Ws::new(&pipeline);
     three.write("in.txt", "same\n");
     build_with_cache(&three, cache.path(), &["build"]).ok();
     assert_eq!(three.count("runs.txt"), 0);

@@ -1,63 +1,18 @@
 //! Reliability: do the bad thing for real with the real binary — kill -9 mid-build, Ctrl-C,
 //! SIGTERM, two builds at once, flaky stages, timeouts, resource pools, stale and escaping outs.
 
-mod common;
-use common::Ws;
+use crate::harness::{
+    Ws, alive, assert_serial, events, finish, kill9, rendezvous, serial, signal, still_running,
+    wait_until,
+};
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // ---------------------------------------------------------------- helpers
 
-/// Poll `cond` until it holds; a generous safety limit turns a hang into a clear failure.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let limit = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < limit, "gave up waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Start `pipe ARGS` in the background; its stderr goes to `err_file` (inside the workspace,
-/// never a dep of any stage) so a test can watch it while it runs.
-fn spawn(ws: &Ws, args: &[&str], err_file: &str) -> Child {
-    let err = std::fs::File::create(ws.path(err_file)).unwrap();
-    ws.cmd(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(err))
-        .spawn()
-        .expect("start pipe")
-}
-
-fn signal(child: &Child, sig: i32) {
-    let r = unsafe { libc::kill(child.id() as i32, sig) };
-    assert_eq!(r, 0, "kill({}, {sig}) failed", child.id());
-}
-
-/// `kill -9` pipe and reap it.
-fn kill9(mut child: Child) {
-    signal(&child, libc::SIGKILL);
-    child.wait().unwrap();
-}
-
-/// Exit code of a child that should end on its own.
-fn exit_code(mut child: Child) -> i32 {
-    let limit = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st.code().unwrap_or(-1);
-        }
-        if Instant::now() > limit {
-            let _ = child.kill();
-            panic!("pipe did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn still_running(child: &mut Child) -> bool {
-    child.try_wait().unwrap().is_none()
+/// Exit code of a child that should end on its own (30 s at most).
+fn exit_code(child: std::process::Child) -> i32 {
+    finish(child, Duration::from_secs(30)).code
 }
 
 /// A pid from a file a stage wrote (`echo $$ > f`).
@@ -81,21 +36,6 @@ fn kill_orphans(ws: &Ws, pid_files: &[&str]) {
     for f in pid_files {
         if let Some(pg) = read_pid(ws, f) {
             wait_until("orphans to die", || !alive(pg));
-        }
-    }
-}
-
-/// Whether a process exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => false,
-        Ok(stat) => {
-            // "pid (comm) S ..." — the state follows the last ')'.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .unwrap_or("");
-            state != "Z" && state != "X"
         }
     }
 }
@@ -130,45 +70,40 @@ fn records_parse(ws: &Ws) {
     }
 }
 
-fn events(ws: &Ws) -> Vec<serde_json::Value> {
-    ws.read(&format!(
-        "{}/events.jsonl",
-        ws.last_run_dir().strip_prefix(ws.root()).unwrap().display()
-    ))
-    .lines()
-    .map(|l| serde_json::from_str(l).unwrap())
-    .collect()
-}
-
-/// (start, end) pairs a stage wrote with `date +%s.%N`, one line each.
-fn interval(ws: &Ws, rel: &str) -> (f64, f64) {
-    let text = ws.read(rel);
-    let v: Vec<f64> = text
-        .split_whitespace()
-        .map(|s| s.parse().unwrap())
-        .collect();
-    assert_eq!(v.len(), 2, "{rel}: {text}");
-    (v[0], v[1])
-}
-
-// A chain a → b → c of slow-ish stages that write their out in two steps, so a cut leaves a
-// partial file behind. Each records its process group (`$$`) and appends to a run counter.
+// A chain a → b → c of stages that write their out in two steps with a pause (PAUSE_x,
+// see `chain`) between them, so a cut leaves a partial file behind. Each records its process
+// group (`$$`) and appends to a run counter.
 const CHAIN: &str = r#"
 [stages.a]
-cmd = "echo $$ > pg_a; echo run >> runs_a.txt; printf 'A:' > a.txt; sleep 0.3; cat in.txt >> a.txt"
+cmd = "echo $$ > pg_a; echo run >> runs_a.txt; printf 'A:' > a.txt; PAUSE_a; cat in.txt >> a.txt"
 deps = ["in.txt"]
 outs = ["a.txt"]
 
 [stages.b]
-cmd = "echo $$ > pg_b; echo run >> runs_b.txt; printf 'B:' > b.txt; sleep 0.3; cat a.txt >> b.txt"
+cmd = "echo $$ > pg_b; echo run >> runs_b.txt; printf 'B:' > b.txt; PAUSE_b; cat a.txt >> b.txt"
 deps = ["a.txt"]
 outs = ["b.txt"]
 
 [stages.c]
-cmd = "echo $$ > pg_c; echo run >> runs_c.txt; printf 'C:' > c.txt; sleep 0.3; cat b.txt >> c.txt"
+cmd = "echo $$ > pg_c; echo run >> runs_c.txt; printf 'C:' > c.txt; PAUSE_c; cat b.txt >> c.txt"
 deps = ["b.txt"]
 outs = ["c.txt"]
 "#;
+
+/// CHAIN with `pause(stage)` as the shell between the two halves of each stage's out.
+fn chain(pause: impl Fn(&str) -> String) -> String {
+    let mut p = CHAIN.to_string();
+    for s in ["a", "b", "c"] {
+        p = p.replace(&format!("PAUSE_{s}"), &pause(s));
+    }
+    p
+}
+
+/// A pause that lasts while the file `stop_<stage>` exists (20 s at most): the test decides
+/// when a stage is cut, not a clock.
+fn stop_file(stage: &str) -> String {
+    format!("i=0; while [ -f stop_{stage} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done")
+}
 
 fn chain_is_correct(ws: &Ws, input: &str) {
     assert_eq!(ws.read("a.txt"), format!("A:{input}"));
@@ -180,21 +115,23 @@ fn chain_is_correct(ws: &Ws, input: &str) {
 
 #[test]
 fn kill_9_during_each_stage_then_rebuild_reruns_what_was_cut_off() {
-    let ws = Ws::new(CHAIN);
+    let ws = Ws::new(&chain(stop_file));
     ws.write("in.txt", "v1\n");
     ws.pipe(&["build"]).ok();
     chain_is_correct(&ws, "v1\n");
     ws.write("in.txt", "v2\n");
     let pgs = ["pg_a", "pg_b", "pg_c"];
 
-    // Cut each stage in turn, after it wrote the first half of its out.
+    // Cut each stage in turn, after it wrote the first half of its out and while it is held
+    // at its pause by `stop_<stage>`.
     for (k, (stage, out)) in [("a", "a.txt"), ("b", "b.txt"), ("c", "c.txt")]
         .into_iter()
         .enumerate()
     {
         let counter = format!("runs_{stage}.txt");
         let before = ws.count(&counter);
-        let child = spawn(&ws, &["build", "-j", "1"], &format!("kill{k}.err"));
+        ws.write(&format!("stop_{stage}"), "");
+        let child = ws.spawn(&["build", "-j", "1"], &format!("kill{k}.err"));
         let partial = format!("{}:", stage.to_uppercase());
         wait_until(&format!("stage {stage} to start"), || {
             ws.count(&counter) > before
@@ -202,6 +139,7 @@ fn kill_9_during_each_stage_then_rebuild_reruns_what_was_cut_off() {
         });
         kill9(child);
         kill_orphans(&ws, &pgs);
+        std::fs::remove_file(ws.path(&format!("stop_{stage}"))).unwrap();
         assert_eq!(ws.read(out), partial, "the cut left a partial {out}");
         records_parse(&ws);
         // The cut-off stage is stale, never up to date.
@@ -237,7 +175,9 @@ fn kill_9_during_each_stage_then_rebuild_reruns_what_was_cut_off() {
 
 #[test]
 fn kill_9_at_many_moments_never_leaves_a_workspace_the_next_build_gets_wrong() {
-    let ws = Ws::new(&CHAIN.replace("sleep 0.3", "sleep 0.15"));
+    // Whatever the moment of the cut, the next build must be right: the moments below only
+    // spread the cuts over a build, no assertion depends on where they land.
+    let ws = Ws::new(&chain(|_| "sleep 0.15".into()));
     ws.write("in.txt", "hello\n");
     let pgs = ["pg_a", "pg_b", "pg_c"];
     // Moments from "pipe just started" through "between stages" to "recording the last one".
@@ -245,7 +185,7 @@ fn kill_9_at_many_moments_never_leaves_a_workspace_the_next_build_gets_wrong() {
         .into_iter()
         .enumerate()
     {
-        let child = spawn(&ws, &["build"], &format!("k{k}.err"));
+        let child = ws.spawn(&["build"], &format!("k{k}.err"));
         std::thread::sleep(Duration::from_millis(ms));
         kill9(child);
         kill_orphans(&ws, &pgs);
@@ -284,7 +224,7 @@ fn a_persist_stage_cut_off_after_rewriting_identical_outs_is_still_rerun() {
     let ws = Ws::new(
         r#"
 [stages.train]
-cmd = "echo $$ > pg; echo run >> runs.txt; printf 'ckpt' > ckpt.txt; sleep 0.3; echo done > done.txt"
+cmd = "echo $$ > pg; echo run >> runs.txt; printf 'ckpt' > ckpt.txt; if [ -f hold ]; then touch held; i=0; while [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; fi; echo done > done.txt"
 outs = ["ckpt.txt", "done.txt"]
 persist = true
 cache = false
@@ -292,11 +232,13 @@ cache = false
     );
     ws.pipe(&["build"]).ok();
     assert_eq!(ws.count("runs.txt"), 1);
-    let child = spawn(&ws, &["build", "--force"], "force.err");
-    wait_until("the forced run to start", || ws.count("runs.txt") == 2);
-    std::thread::sleep(Duration::from_millis(50));
+    // `hold` keeps the forced run waiting after it rewrote ckpt.txt; `held` says it got there.
+    ws.write("hold", "");
+    let child = ws.spawn(&["build", "--force"], "force.err");
+    wait_until("the forced run to rewrite its out", || ws.exists("held"));
     kill9(child);
     kill_orphans(&ws, &["pg"]);
+    std::fs::remove_file(ws.path("hold")).unwrap();
     ws.pipe(&["status"]).code(1).out_has("incomplete");
     ws.pipe(&["build"]).ok();
     assert_eq!(ws.count("runs.txt"), 3, "the cut-off stage ran again");
@@ -319,7 +261,7 @@ fn interrupt_stops_the_stage(sig: i32) {
     ws.pipe(&["build"]).ok();
     ws.write("in.txt", "2\n");
     ws.write("slow", "");
-    let mut child = spawn(&ws, &["build"], "int.err");
+    let mut child = ws.spawn(&["build"], "int.err");
     wait_until("the stage's child to start", || ws.exists("child.pid"));
     let pid = read_pid(&ws, "child.pid").unwrap();
     assert!(alive(pid));
@@ -358,21 +300,21 @@ fn sigterm_stops_the_stage_process_group_and_exits_130() {
 
 // ---------------------------------------------------------------- one build at a time
 
-/// A stage that holds the workspace until the test creates `go` (or ~10 s pass).
+/// A stage that holds the workspace until the test creates `go` (or ~30 s pass).
 const HOLDER: &str = r#"
 [stages.hold]
-cmd = "echo $$ > pg; echo run >> runs.txt; i=0; while [ ! -f go ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; echo x > out.txt"
+cmd = "echo $$ > pg; echo run >> runs.txt; i=0; while [ ! -f go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; echo x > out.txt"
 outs = ["out.txt"]
 "#;
 
 #[test]
 fn a_second_build_waits_naming_the_holder_and_nothing_runs_twice() {
     let ws = Ws::new(HOLDER);
-    let mut first = spawn(&ws, &["build"], "first.err");
+    let mut first = ws.spawn(&["build"], "first.err");
     wait_until("the first build's stage to start", || {
         ws.count("runs.txt") == 1
     });
-    let mut second = spawn(&ws, &["build"], "second.err");
+    let mut second = ws.spawn(&["build"], "second.err");
     wait_until("the second build to say it waits", || {
         std::fs::read_to_string(ws.path("second.err"))
             .unwrap()
@@ -398,7 +340,7 @@ fn a_second_build_waits_naming_the_holder_and_nothing_runs_twice() {
 #[test]
 fn no_wait_fails_fast_naming_the_holder() {
     let ws = Ws::new(HOLDER);
-    let mut first = spawn(&ws, &["build"], "first.err");
+    let mut first = ws.spawn(&["build"], "first.err");
     wait_until("the first build's stage to start", || {
         ws.count("runs.txt") == 1
     });
@@ -416,7 +358,7 @@ fn no_wait_fails_fast_naming_the_holder() {
 #[test]
 fn read_only_commands_work_while_a_build_holds_the_workspace() {
     let ws = Ws::new(HOLDER);
-    let mut first = spawn(&ws, &["build"], "first.err");
+    let mut first = ws.spawn(&["build"], "first.err");
     wait_until("the first build's stage to start", || {
         ws.count("runs.txt") == 1
     });
@@ -436,7 +378,7 @@ fn read_only_commands_work_while_a_build_holds_the_workspace() {
 #[test]
 fn a_kill_9ed_holder_never_blocks_the_next_build() {
     let ws = Ws::new(HOLDER);
-    let first = spawn(&ws, &["build"], "first.err");
+    let first = ws.spawn(&["build"], "first.err");
     wait_until("the first build's stage to start", || {
         ws.count("runs.txt") == 1
     });
@@ -467,7 +409,7 @@ retry_delay = "10ms"
     let m = ws.last_manifest();
     assert_eq!(m["stages"]["flaky"]["attempts"], 2, "{m:#}");
     assert_eq!(m["stages"]["flaky"]["status"], "ran", "{m:#}");
-    let ev = events(&ws);
+    let ev = events(&ws.last_run_dir());
     let retry = ev
         .iter()
         .find(|e| e["event"] == "stage_retry")
@@ -498,7 +440,7 @@ retry_delay = "10ms"
     let m = ws.last_manifest();
     assert_eq!(m["stages"]["bad"]["attempts"], 3);
     assert_eq!(m["stages"]["bad"]["status"], "failed");
-    let retries = events(&ws)
+    let retries = events(&ws.last_run_dir())
         .iter()
         .filter(|e| e["event"] == "stage_retry")
         .count();
@@ -525,16 +467,19 @@ timeout = "1s"
 
 // ---------------------------------------------------------------- resource pools
 
-fn gpu_pipeline(pool: u32, want: u32) -> String {
+/// Stages g1 and g2, each asking for `want` of a `gpu` pool of `pool`: each writes the
+/// devices it was given to `<name>.dev`, then runs `body(name)`.
+fn gpu_pipeline(pool: u32, want: u32, body: impl Fn(&str) -> String) -> String {
     let mut s = format!("[resources]\ngpu = {pool}\n");
     for name in ["g1", "g2"] {
         s.push_str(&format!(
             r#"
 [stages.{name}]
-cmd = "date +%s.%N > {name}.t; echo $CUDA_VISIBLE_DEVICES > {name}.dev; sleep 0.4; date +%s.%N >> {name}.t"
-outs = ["{name}.t", "{name}.dev"]
+cmd = "echo $CUDA_VISIBLE_DEVICES > {name}.dev; {body}"
+outs = ["{name}.dev"]
 resources = {{ gpu = {want} }}
-"#
+"#,
+            body = body(name)
         ));
     }
     s
@@ -542,57 +487,42 @@ resources = {{ gpu = {want} }}
 
 #[test]
 fn two_gpu_stages_on_a_pool_of_one_never_overlap() {
-    let ws = Ws::new(&gpu_pipeline(1, 1));
+    let ws = Ws::new(&gpu_pipeline(1, 1, serial));
     ws.pipe(&["build", "-j", "2"]).ok();
-    let (s1, e1) = interval(&ws, "g1.t");
-    let (s2, e2) = interval(&ws, "g2.t");
-    assert!(
-        e1 <= s2 || e2 <= s1,
-        "overlap: g1 {s1}..{e1}, g2 {s2}..{e2}"
-    );
+    assert_serial(&ws);
     assert_eq!(ws.read("g1.dev").trim(), "0");
     assert_eq!(ws.read("g2.dev").trim(), "0");
 }
 
 #[test]
 fn two_gpu_stages_on_a_pool_of_two_get_different_devices() {
-    let ws = Ws::new(&gpu_pipeline(2, 1));
+    // Each stage waits for the other to start, so the build passes only if they run side
+    // by side (and the test above could fail).
+    let ws = Ws::new(&gpu_pipeline(2, 1, |_| rendezvous("ready", 2)));
     ws.pipe(&["build", "-j", "2"]).ok();
     let d1 = ws.read("g1.dev").trim().to_string();
     let d2 = ws.read("g2.dev").trim().to_string();
     let mut devs = vec![d1.clone(), d2.clone()];
     devs.sort();
     assert_eq!(devs, vec!["0", "1"], "g1 got {d1:?}, g2 got {d2:?}");
-    // With room for both they do run side by side (so the test above can fail).
-    let (s1, e1) = interval(&ws, "g1.t");
-    let (s2, e2) = interval(&ws, "g2.t");
-    assert!(
-        s1 < e2 && s2 < e1,
-        "no overlap: g1 {s1}..{e1}, g2 {s2}..{e2}"
-    );
 }
 
 #[test]
 fn jobs_cap_the_total_even_with_free_resources() {
-    let ws = Ws::new(&gpu_pipeline(2, 1));
+    let ws = Ws::new(&gpu_pipeline(2, 1, serial));
     ws.pipe(&["build", "-j", "1"]).ok();
-    let (s1, e1) = interval(&ws, "g1.t");
-    let (s2, e2) = interval(&ws, "g2.t");
-    assert!(
-        e1 <= s2 || e2 <= s1,
-        "overlap: g1 {s1}..{e1}, g2 {s2}..{e2}"
-    );
+    assert_serial(&ws);
 }
 
 #[test]
 fn asking_for_more_than_the_pool_is_a_validation_error() {
-    let ws = Ws::new(&gpu_pipeline(1, 2));
+    let ws = Ws::new(&gpu_pipeline(1, 2, serial));
     ws.pipe(&["validate"])
         .code(2)
         .err_has("Pipeline.toml")
         .err_has("gpu");
     ws.pipe(&["build"]).code(2);
-    assert!(!ws.exists("g1.t") && !ws.exists("g2.t"), "nothing ran");
+    assert!(!ws.exists("g1.dev") && !ws.exists("g2.dev"), "nothing ran");
 }
 
 // ---------------------------------------------------------------- outs before and after a run
@@ -849,11 +779,11 @@ outs = ["d/"]
 #[test]
 fn ctrl_c_while_waiting_for_the_workspace_exits_130() {
     let ws = Ws::new(HOLDER);
-    let mut first = spawn(&ws, &["build"], "first.err");
+    let mut first = ws.spawn(&["build"], "first.err");
     wait_until("the first build's stage to start", || {
         ws.count("runs.txt") == 1
     });
-    let mut second = spawn(&ws, &["build"], "second.err");
+    let mut second = ws.spawn(&["build"], "second.err");
     wait_until("the second build to say it waits", || {
         std::fs::read_to_string(ws.path("second.err"))
             .unwrap()
@@ -884,7 +814,7 @@ retries = 3
 retry_delay = "1h"
 "#,
     );
-    let mut child = spawn(&ws, &["build"], "b.err");
+    let mut child = ws.spawn(&["build"], "b.err");
     wait_until("the retry to be announced", || {
         std::fs::read_to_string(ws.path("b.err"))
             .unwrap()
@@ -910,7 +840,7 @@ cmd = "sleep 120 & echo $! > y.pid; wait"
 outs = ["y.txt"]
 "#,
     );
-    let mut child = spawn(&ws, &["build", "-j", "2"], "b.err");
+    let mut child = ws.spawn(&["build", "-j", "2"], "b.err");
     wait_until("both stages to start", || {
         read_pid(&ws, "x.pid").is_some() && read_pid(&ws, "y.pid").is_some()
     });
@@ -936,7 +866,7 @@ cmd = "trap '' TERM; sleep 120 & echo $! > child.pid; wait; wait"
 outs = ["out.txt"]
 "#,
     );
-    let mut child = spawn(&ws, &["build"], "b.err");
+    let mut child = ws.spawn(&["build"], "b.err");
     wait_until("the stage to start", || {
         read_pid(&ws, "child.pid").is_some()
     });

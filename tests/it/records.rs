@@ -1,18 +1,9 @@
 //! Run records (manifest, events, logs), quality gates, releases and rollback, and the
 //! `pipe runs` / `pipe log` / `pipe releases` views of them.
-mod common;
-use common::Ws;
+use crate::harness::{Ws, events};
 
 use serde_json::Value;
 use std::path::Path;
-
-/// Each line of a run's events.jsonl, parsed.
-fn events(run_dir: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
-        .collect()
-}
 
 /// `event` or `event:stage` for each line, in order.
 fn names(ev: &[Value]) -> Vec<String> {

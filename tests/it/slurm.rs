@@ -1,9 +1,8 @@
 //! Stages on a real one-node Slurm (started by tests/servers/slurm.sh): success with its log
 //! and job id, a failing job, a time limit that Slurm enforces, Ctrl-C cancelling the job.
-mod common;
-use common::{Server, Ws};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use crate::harness::{Run, Server, Ws, finish, signal, start, wait_for};
+use std::process::Command;
+use std::time::Duration;
 
 fn pipeline(partition: &str, body: &str) -> String {
     format!(
@@ -52,11 +51,7 @@ fn stages_run_on_slurm() {
     ));
     let mut slow_cmd = slow.cmd(&["build"]);
     slow_cmd.envs(slurm.env.iter().map(|(k, v)| (k, v)));
-    let slow_child = slow_cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let slow_child = start(slow_cmd);
 
     // Success: outs, log and exit code come back; the manifest has the job id.
     let ws = Ws::new(&pipeline(
@@ -78,7 +73,7 @@ resources = { cpus = 1 }
 lr = 0.5
 "#,
     ));
-    let t0 = Instant::now();
+    let t0 = std::time::Instant::now();
     slurm.pipe(&ws, &["build"]).ok();
     eprintln!("slurm stage build took {:?}", t0.elapsed());
     assert_eq!(ws.read("model.bin"), "local\ntrained\n");
@@ -117,13 +112,9 @@ lr = 0.5
     ));
     let mut c = int.cmd(&["build"]);
     c.envs(slurm.env.iter().map(|(k, v)| (k, v)));
-    let child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let job = loop {
+    let child = start(c);
+    let mut job = String::new();
+    wait_for("the job to be RUNNING", Duration::from_secs(60), || {
         let marker = int.path(".pipe/runs");
         let log = std::fs::read_dir(&marker)
             .ok()
@@ -135,48 +126,37 @@ lr = 0.5
                     .map(str::to_string)
             })
         });
-        if let Some(id) = id
-            && squeue(&slurm, &id) == "RUNNING"
-        {
-            break id;
+        match id {
+            Some(id) if squeue(&slurm, &id) == "RUNNING" => {
+                job = id;
+                true
+            }
+            _ => false,
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "job never started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let gone = (0..50).any(|_| {
-        let st = squeue(&slurm, &job);
-        std::thread::sleep(Duration::from_millis(100));
-        st.is_empty() || st == "CANCELLED"
     });
-    assert!(gone, "job {job} still queued: {}", squeue(&slurm, &job));
+    signal(&child, libc::SIGINT);
+    finish(child, Duration::from_secs(60)).code(130);
+    wait_for(
+        "the job to leave the queue",
+        Duration::from_secs(30),
+        || {
+            let st = squeue(&slurm, &job);
+            st.is_empty() || st == "CANCELLED"
+        },
+    );
     assert!(
         scontrol(&slurm, &job).contains("JobState=CANCELLED"),
         "{}",
         scontrol(&slurm, &job)
     );
 
-    // The time limit: pipe cancelled the job at 1 s and reports it as timed out.
-    let out = slow_child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("timed out after 1s") && err.contains("cancelled"),
-        "{err}"
-    );
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(slow.last_run_dir().join("manifest.json")).unwrap())
-            .unwrap();
+    // The time limit: pipe cancels the job at 1 s itself (Slurm alone checks only every
+    // 30 s) and reports it as timed out.
+    let run = finish(slow_child, Duration::from_secs(300));
+    run.code(1)
+        .err_has("timed out after 1s")
+        .err_has("cancelled");
+    let m = slow.last_manifest();
     assert!(
         m["stages"]["slow"]["duration_s"].as_f64().unwrap() < 60.0,
         "cancelled at the stated time, not at Slurm's next check: {m:#}"
@@ -190,7 +170,7 @@ fn missing_or_rejecting_sbatch_is_a_clear_error_naming_the_stage() {
     );
     // No sbatch anywhere on PATH.
     let empty = tempfile::tempdir().unwrap();
-    let r: common::Run = ws
+    let r: Run = ws
         .cmd(&["build"])
         .env("PATH", empty.path())
         .output()
@@ -212,7 +192,7 @@ fn missing_or_rejecting_sbatch_is_a_clear_error_naming_the_stage() {
         bin.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let r: common::Run = ws
+    let r: Run = ws
         .cmd(&["build"])
         .env("PATH", path)
         .output()
