@@ -127,6 +127,11 @@ impl Scheduler {
                 actions.push(Action::Judge(i));
             }
         }
+        // Judge everything ready before starting anything, so what starts next is the first
+        // runnable stage in topological order.
+        if !self.judging.is_empty() {
+            return actions;
+        }
         if self.stop {
             for ((_, i), _) in std::mem::take(&mut self.runnable) {
                 let reason = self.stop_reason();
@@ -434,6 +439,16 @@ mod tests {
             ]
         );
         assert_eq!(f.max_parallel, 1);
+    }
+
+    #[test]
+    fn a_stage_readied_by_a_finish_goes_before_a_later_independent_one() {
+        // a -> b; c independent and later in the order: with -j1, b runs before c.
+        let f = Fake::new(graph(3, &[(0, 1)]), 1, false, &[]).run_all();
+        assert_eq!(
+            f.log,
+            ["start a", "end a", "start b", "end b", "start c", "end c"]
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ mod records;
 mod reliability;
 /// The remote cache against a real S3 server on 127.0.0.1 (tests/servers/s3.sh).
 mod remote_s3;
+/// No stage outlives pipe (kill -9, SIGHUP, leftovers), live and dead builds, the queue.
+mod safety;
 /// The Slurm executor against a real one-node Slurm (tests/servers/slurm.sh).
 mod slurm;
 /// One build, then a no-op rebuild: the quickest sign of life.
