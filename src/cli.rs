@@ -148,6 +148,12 @@ pub struct BuildArgs {
     /// Upload what this build ran to the remote cache
     #[arg(long)]
     pub push: bool,
+    /// Print every line each stage writes, prefixed with its stage name
+    #[arg(long)]
+    pub follow: bool,
+    /// A label for this run, shown by `pipe runs` and usable wherever a RUN is taken
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -165,6 +171,8 @@ pub struct DagArgs {
 
 #[derive(Args, Debug)]
 pub struct RunsArgs {
+    /// One run (id, unique prefix, `latest`, `latest~N` or a --name): its stages in detail
+    pub run: Option<String>,
     #[arg(long)]
     pub json: bool,
     /// Per stage: success rate, mean and last duration over the kept runs
@@ -174,10 +182,13 @@ pub struct RunsArgs {
 
 #[derive(Args, Debug)]
 pub struct LogArgs {
-    /// Run id (default: the latest run), or a stage name
+    /// A run (id, unique prefix, `latest`, `latest~N` or a --name), or a stage name
     pub run: Option<String>,
     /// Stage whose log to show (default: every stage of the run that has one)
     pub stage: Option<String>,
+    /// Keep printing what a running stage writes until it ends
+    #[arg(long)]
+    pub follow: bool,
 }
 
 #[derive(Args, Debug)]

@@ -42,6 +42,11 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         expected_s: Option<f64>,
     },
+    /// A line a running stage wrote to its log (not kept in events.jsonl: the log has it).
+    StageOutput {
+        stage: String,
+        line: String,
+    },
     StageRetry {
         stage: String,
         attempt: u32,

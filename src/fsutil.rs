@@ -188,7 +188,7 @@ pub fn remove_path(path: &Path) -> Result<()> {
 
 /// Now, as RFC 3339 UTC with second precision.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

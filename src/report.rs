@@ -37,6 +37,8 @@ pub struct Reporter {
     bars: Mutex<HashMap<String, ProgressBar>>,
     /// After `end()` the bars are gone and lines go straight to stderr.
     ended: std::sync::atomic::AtomicBool,
+    /// `--follow --json`: followed lines go to stderr, stdout is the JSON document's.
+    pub follow_to_stderr: bool,
 }
 
 pub fn use_color(choice: ColorChoice, stream_is_tty: bool) -> bool {
@@ -75,6 +77,7 @@ impl Reporter {
             overall: None,
             bars: Mutex::new(HashMap::new()),
             ended: Default::default(),
+            follow_to_stderr: false,
         }
     }
 
@@ -88,6 +91,7 @@ impl Reporter {
             overall: None,
             bars: Mutex::new(HashMap::new()),
             ended: Default::default(),
+            follow_to_stderr: false,
         }
     }
 
@@ -146,20 +150,44 @@ impl Reporter {
         }
     }
 
-    pub fn stage_started(&self, stage: &str) {
+    /// A stage started: a spinner with its expected duration on a terminal, else a line.
+    /// `why` (its reasons) is shown with `-v`.
+    pub fn stage_started(&self, stage: &str, expected_s: Option<f64>, why: &str) {
+        let why = if self.verbose && !why.is_empty() {
+            format!(" ({why})")
+        } else {
+            String::new()
+        };
         if let Some(mp) = &self.mp {
             let bar = mp.add(ProgressBar::new_spinner());
+            let expected = expected_s
+                .map(|s| format!(" (last run took {})", secs(s)))
+                .unwrap_or_default();
             bar.set_style(
-                ProgressStyle::with_template("{spinner:.cyan} {msg} {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ProgressStyle::with_template(&format!(
+                    "{{spinner:.cyan}} {{prefix}} {{elapsed}}{expected} {{wide_msg}}"
+                ))
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
-            bar.set_message(stage.to_string());
+            bar.set_prefix(stage.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
             if let Ok(mut bars) = self.bars.lock() {
                 bars.insert(stage.to_string(), bar);
             }
+            if !why.is_empty() {
+                self.status("Running", Tone::Info, &format!("{stage}{why}"));
+            }
         } else {
-            self.status("Running", Tone::Info, stage);
+            self.status("Running", Tone::Info, &format!("{stage}{why}"));
+        }
+    }
+
+    /// The last line a running stage wrote, beside its spinner (terminal only).
+    pub fn stage_output(&self, stage: &str, line: &str) {
+        if let Ok(bars) = self.bars.lock()
+            && let Some(b) = bars.get(stage)
+        {
+            b.set_message(format!("| {}", line.trim_end()));
         }
     }
 
@@ -200,6 +228,29 @@ impl Reporter {
 }
 
 impl Reporter {
+    /// Whether running stages show on a terminal (spinners with their last line).
+    pub fn live(&self) -> bool {
+        self.mp.is_some()
+    }
+
+    /// `build --follow`: one line a stage wrote, `stage | line`, on stdout (stderr when
+    /// stdout carries `--json`), printed above the progress bars.
+    pub fn followed(&self, stage: &str, line: &str) {
+        let text = format!("{stage} | {}", line.trim_end_matches(['\n', '\r']));
+        if self.follow_to_stderr {
+            self.line(&text);
+        } else {
+            match &self.mp {
+                Some(mp) if !self.ended.load(std::sync::atomic::Ordering::Relaxed) => {
+                    let _ = mp.suspend(|| writeln!(std::io::stdout(), "{text}"));
+                }
+                _ => {
+                    let _ = writeln!(std::io::stdout(), "{text}");
+                }
+            }
+        }
+    }
+
     /// A bar for a push or pull, on a terminal only; the remote sets its length.
     pub fn transfer_bar(&self, verb: &str) -> Option<ProgressBar> {
         if self.quiet || self.mp.is_none() {
@@ -298,14 +349,17 @@ pub fn state_tone(state: StageState) -> Tone {
 /// The terminal as a sink of build events: the only place that words a build's lines.
 pub struct BuildView<'r> {
     rep: &'r mut Reporter,
+    /// `--follow`: every line a stage writes is printed, prefixed with its name.
+    follow: bool,
     run_dir: Option<PathBuf>,
     interrupted: bool,
 }
 
 impl<'r> BuildView<'r> {
-    pub fn new(rep: &'r mut Reporter) -> BuildView<'r> {
+    pub fn new(rep: &'r mut Reporter, follow: bool) -> BuildView<'r> {
         BuildView {
             rep,
+            follow,
             run_dir: None,
             interrupted: false,
         }
@@ -346,7 +400,21 @@ impl Sink for BuildView<'_> {
                 self.rep.skip_progress(1);
             }
             Event::StageJudged { .. } => {}
-            Event::StageStart { stage, .. } => self.rep.stage_started(stage),
+            Event::StageStart {
+                stage,
+                reasons,
+                expected_s,
+            } => {
+                let why: Vec<String> = reasons.iter().map(|r| r.to_string()).collect();
+                self.rep.stage_started(stage, *expected_s, &why.join(", "));
+            }
+            Event::StageOutput { stage, line } => {
+                if self.follow {
+                    self.rep.followed(stage, line);
+                } else {
+                    self.rep.stage_output(stage, line);
+                }
+            }
             Event::StageRetry {
                 stage,
                 attempt,

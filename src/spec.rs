@@ -18,6 +18,19 @@ pub struct RawPipeline {
     pub stages: IndexMap<String, RawStage>,
     pub remote: Option<RawRemote>,
     pub executor: Option<RawExecutor>,
+    pub hooks: Option<RawHooks>,
+}
+
+/// `[hooks]`: shell commands run after a build (see `execute::hooks`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHooks {
+    /// After a build that succeeded.
+    pub on_success: Option<String>,
+    /// After a stage failed, a gate failed, or the build was interrupted.
+    pub on_failure: Option<String>,
+    /// After a build that made a release.
+    pub on_release: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

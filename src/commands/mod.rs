@@ -107,7 +107,10 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
         push: a.push,
         wait: !a.no_wait,
         command: std::env::args().collect(),
+        name: a.name.clone(),
+        follow: a.follow,
     };
+    rep.follow_to_stderr = a.json;
     let summary = execute::build(&p, &opts, rep)?;
     if a.json {
         #[derive(serde::Serialize)]

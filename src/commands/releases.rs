@@ -45,7 +45,16 @@ pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
 pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
     let p = ctx.load(&[])?;
     let all = record::release::list_releases(&p.layout.releases());
-    let chosen: Vec<_> = all.iter().filter(|r| r.run_id == a.run).collect();
+    // A release's run id, or any RUN reference to the run that made it.
+    let id = if all.iter().any(|r| r.run_id == a.run) {
+        a.run.clone()
+    } else {
+        let runs = record::list_runs(&p.layout.runs);
+        crate::record::history::resolve(&runs, &a.run)
+            .map(|m| m.run_id.clone())
+            .unwrap_or_else(|_| a.run.clone())
+    };
+    let chosen: Vec<_> = all.iter().filter(|r| r.run_id == id).collect();
     if chosen.is_empty() {
         let ids: Vec<&str> = all.iter().map(|r| r.run_id.as_str()).collect();
         let hint = if ids.is_empty() {

@@ -17,6 +17,7 @@ use crate::graph::{ExecutorKind, Pipeline, Selection};
 use crate::lockfile::LockFile;
 use crate::plan::{JudgeOpts, Planner, Reason, Verdict};
 use crate::process_group::{Recorded, Watchdog};
+use crate::record::follow::Tail;
 use crate::record::release::{Artifact, ReleaseManifest};
 use crate::record::{Git, Recorder, markers};
 use crate::stage_state::StageState;
@@ -51,6 +52,10 @@ pub struct Dispatch<'a> {
     pub push: Option<&'a crate::remote::Remote>,
     pub git: Git,
     pub watchdog: Option<Arc<Watchdog>>,
+    /// Read running stages' logs as they grow (`--follow`, spinners' last line).
+    pub stream: bool,
+    /// Run history: how long each stage's last successful run took.
+    pub index: &'a crate::record::history::Index,
 }
 
 /// What the dispatcher keeps about stages while they are in flight.
@@ -104,6 +109,7 @@ impl Dispatch<'_> {
 
         std::thread::scope(|scope| -> Result<()> {
             let mut running: HashMap<usize, Arc<Control>> = HashMap::new();
+            let mut tails: BTreeMap<usize, Tail> = BTreeMap::new();
             loop {
                 self.check_signals(&mut sched, &running, bus)?;
                 loop {
@@ -138,9 +144,13 @@ impl Dispatch<'_> {
                                                 .get(&i)
                                                 .cloned()
                                                 .unwrap_or_default(),
-                                            expected_s: None,
+                                            expected_s: self.index.expected_s(&s.name),
                                         })?;
-                                        JobWork::Run(run_spec(p, s, self.rec, &units))
+                                        let spec = run_spec(p, s, self.rec, &units);
+                                        if self.stream {
+                                            tails.insert(i, Tail::new(spec.log.clone()));
+                                        }
+                                        JobWork::Run(spec)
                                     }
                                 };
                                 let control = Arc::new(self.control(&s.name));
@@ -193,12 +203,29 @@ impl Dispatch<'_> {
                     })?,
                     Ok(Msg::Done(done)) => {
                         running.remove(&done.stage);
+                        if let Some(mut t) = tails.remove(&done.stage) {
+                            let stage = &p.stages[done.stage].name;
+                            for line in t.finish() {
+                                bus.emit(Event::StageOutput {
+                                    stage: stage.clone(),
+                                    line,
+                                })?;
+                            }
+                        }
                         self.finish(done, &mut sched, &mut books, bus)?;
                     }
                     Err(_) => {}
                 }
                 for c in running.values() {
                     c.tick(GRACE);
+                }
+                for (&i, t) in &mut tails {
+                    for line in t.lines() {
+                        bus.emit(Event::StageOutput {
+                            stage: p.stages[i].name.clone(),
+                            line,
+                        })?;
+                    }
                 }
                 bus.tick()?;
             }

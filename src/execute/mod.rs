@@ -7,6 +7,7 @@ pub mod control;
 mod dispatch;
 mod env;
 pub mod executor;
+mod hooks;
 mod job;
 pub mod local;
 mod pools;
@@ -23,6 +24,7 @@ use crate::hash::Hasher;
 use crate::lockfile::LockFile;
 use crate::plan::{self, Planner};
 use crate::record::events::EventLog;
+use crate::record::history::{self, Index};
 use crate::record::ledger::Ledger;
 use crate::record::{self, Manifest, Recorder, RunStatus, StageRecord, Summary, markers};
 use crate::report::{BuildView, Reporter};
@@ -43,6 +45,10 @@ pub struct BuildOptions {
     pub push: bool,
     pub wait: bool,
     pub command: Vec<String>,
+    /// `--name`: a label for the run.
+    pub name: Option<String>,
+    /// `--follow`: print every line the stages write.
+    pub follow: bool,
 }
 
 /// Before anything runs: a stage whose earlier run left processes alive (pipe and its
@@ -146,16 +152,19 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         command: opts.command.clone(),
         git: git.clone(),
         host: record::hostname(),
+        name: opts.name.clone(),
         pipeline: p.name.clone(),
         params: crate::spec::flatten_params(&p.params),
         gate_overrides: opts.override_gates.clone(),
         rollback_to: None,
         stages: BTreeMap::new(),
     };
+    let mut index = Index::load(&p.layout.state());
     let mut ledger = Ledger::open(p, &rec, lock.clone(), manifest)?;
     let mut events = EventLog::open(&rec)?;
+    let live = rep.live();
     let ended = {
-        let mut view = BuildView::new(rep);
+        let mut view = BuildView::new(rep, opts.follow);
         let mut bus = Bus::new()
             .with(&mut events)
             .with(&mut ledger)
@@ -183,6 +192,8 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
             push: if opts.push { remote.as_ref() } else { None },
             git,
             watchdog: watchdog.clone(),
+            index: &index,
+            stream: opts.follow || live,
         };
         let ended = dispatch.run(&mut bus);
         let (status, code) = match &ended {
@@ -202,7 +213,16 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         done?;
         (status, code)
     };
-    record::prune_runs(&p.layout.runs, p.keep_runs.max(1));
+    // A no-op (nothing ran, restored or failed) leaves no run folder; any other run joins
+    // the history, and the oldest beyond `keep_runs` go (see record::history).
+    let noop = history::is_noop(ledger.manifest());
+    if noop {
+        let _ = std::fs::remove_dir_all(&rec.dir);
+    } else {
+        index.update(ledger.manifest());
+        let _ = index.save(&p.layout.state());
+        history::prune(&p.layout.runs, &p.layout.state(), p.keep_runs.max(1));
+    }
     if let Some(w) = watchdog.and_then(std::sync::Arc::into_inner) {
         w.dismiss();
     }
@@ -216,13 +236,17 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
             records.get(name).map(|r| (name.clone(), r.clone()))
         })
         .collect();
+    let released = rec.dir.join("release_manifest.json").exists();
     let summary = Summary {
-        run_id: Some(rec.run_id.clone()),
+        run_id: (!noop).then(|| rec.run_id.clone()),
         status: ended.0,
         exit_code: ended.1,
         stages,
         duration_s: started.elapsed().as_secs_f64(),
     };
     rep.summary(&summary);
+    if !noop {
+        hooks::run(p, ledger.manifest(), &rec.dir, released, rep);
+    }
     Ok(summary)
 }

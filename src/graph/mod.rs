@@ -112,6 +112,7 @@ pub struct Pipeline {
     /// Stage indices in a topological order (declaration order where free).
     pub order: Vec<usize>,
     pub remote: Option<spec::RawRemote>,
+    pub hooks: spec::RawHooks,
     pub executor: ExecutorKind,
     pub slurm: SlurmConfig,
 }

@@ -26,7 +26,7 @@ impl EventLog {
 impl Sink for EventLog {
     fn on(&mut self, event: &Event) -> Result<()> {
         // A verdict is in the manifest; the log keeps what happened, as SPEC lists it.
-        if matches!(event, Event::StageJudged { .. }) {
+        if matches!(event, Event::StageJudged { .. } | Event::StageOutput { .. }) {
             return Ok(());
         }
         let mut obj = serde_json::Map::new();

@@ -225,6 +225,7 @@ impl Sink for Ledger<'_> {
                 lock?;
             }
             Event::RunStart { .. }
+            | Event::StageOutput { .. }
             | Event::StageRetry { .. }
             | Event::CacheCorrupt { .. }
             | Event::Warning { .. }

@@ -4,6 +4,8 @@
 //! crashed run still shows how far it got.
 
 pub mod events;
+pub mod follow;
+pub mod history;
 pub mod ledger;
 pub mod markers;
 pub mod release;
@@ -121,6 +123,9 @@ pub struct Manifest {
     pub command: Vec<String>,
     pub git: Git,
     pub host: String,
+    /// The run's `--name`, usable as a RUN reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default)]
     pub pipeline: Option<String>,
     /// Every param value the build used (after `--set`), for `pipe params diff`.
@@ -297,24 +302,6 @@ pub fn read_manifest(run_dir: &Path) -> Result<Manifest> {
     let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
     serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a valid run manifest", p.display()))
-}
-
-/// Remove the oldest run folders beyond `keep` (release manifests live on in `.pipe/releases`).
-pub fn prune_runs(runs_dir: &Path, keep: usize) {
-    let mut ids: Vec<PathBuf> = match std::fs::read_dir(runs_dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.is_dir())
-            .collect(),
-        Err(_) => return,
-    };
-    ids.sort();
-    if ids.len() > keep {
-        for old in &ids[..ids.len() - keep] {
-            let _ = std::fs::remove_dir_all(old);
-        }
-    }
 }
 
 /// Runs still marked `running` when a new build holds the workspace died without closing

@@ -542,9 +542,13 @@ fn a_release_stage_writes_a_release_manifest() {
         pos(&n, "gate_pass:train") < pos(&n, "stage_start:promote"),
         "{n:?}"
     );
-    // A build where promote is up to date makes no new release.
+    // A build where promote is up to date makes no new release (nor a run folder: a no-op).
+    let before = std::fs::read_dir(ws.path(".pipe/runs")).unwrap().count();
     ws.pipe(&["build"]).ok();
-    assert!(!ws.last_run_dir().join("release_manifest.json").exists());
+    assert_eq!(
+        std::fs::read_dir(ws.path(".pipe/runs")).unwrap().count(),
+        before
+    );
     let rel = ws.pipe(&["releases", "--json"]).ok().json();
     assert_eq!(rel.as_array().unwrap().len(), 1);
 }
@@ -689,11 +693,46 @@ outs = ["a.txt"]
 }
 
 #[test]
-fn runs_beyond_keep_runs_are_pruned_but_releases_stay() {
+fn runs_beyond_keep_runs_are_pruned_but_not_each_stages_newest_run() {
+    // Only the newest two stay, plus run 0: the newest (only) run in which `once` ran.
     let ws = Ws::new(
         r#"
 [pipeline]
 keep_runs = 2
+
+[stages.once]
+cmd = "echo once > once.txt"
+outs = ["once.txt"]
+
+[stages.a]
+cmd = "cp in.txt a.txt"
+deps = ["in.txt"]
+outs = ["a.txt"]
+"#,
+    );
+    let mut ids = vec![];
+    for i in 0..5 {
+        ws.write("in.txt", &format!("v{i}\n"));
+        ws.pipe(&["build"]).ok();
+        ids.push(run_id(&ws.last_run_dir()));
+    }
+    let mut left: Vec<String> = std::fs::read_dir(ws.path(".pipe/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [ids[0].clone(), ids[3].clone(), ids[4].clone()]);
+    ws.pipe(&["log", "once"]).ok().out_has("");
+    let json = ws.pipe(&["runs", "--json"]).ok().json();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn every_release_stays_listed_and_can_be_rolled_back_to() {
+    let ws = Ws::new(
+        r#"
+[pipeline]
+keep_runs = 1
 
 [stages.a]
 cmd = "cp in.txt a.txt"
@@ -708,15 +747,6 @@ release = true
         ws.pipe(&["build"]).ok();
         ids.push(run_id(&ws.last_run_dir()));
     }
-    let mut left: Vec<String> = std::fs::read_dir(ws.path(".pipe/runs"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(left, ids[2..], "kept runs are not the newest two");
-    let json = ws.pipe(&["runs", "--json"]).ok().json();
-    assert_eq!(json.as_array().unwrap().len(), 2);
-    // Every release is still listed and the oldest can still be rolled back to.
     let rel = ws.pipe(&["releases", "--json"]).ok().json();
     assert_eq!(rel.as_array().unwrap().len(), 4);
     ws.pipe(&["rollback", &ids[0]]).ok();
