@@ -18,6 +18,8 @@ mod core_build;
 mod fuzz;
 /// Sweeps: matrix and foreach stages, params files, metrics across members, params diff.
 mod matrix;
+/// Operating day to day: --follow, log --follow, no-op history, run references, hooks.
+mod operations;
 /// Exact output (insta snapshots in snapshots/): the status table, the build summary, the
 /// dry-run plan, the main validation errors.
 mod output;
