@@ -110,6 +110,7 @@ fn benches(c: &mut Criterion) {
                     &planner,
                     &BTreeSet::new(),
                     &BTreeSet::new(),
+                    &pipe::plan::NoReleases,
                 )
                 .unwrap(),
             )

@@ -84,6 +84,12 @@ Records: .pipe/runs/<run-id>/ (manifest.json, events.jsonl, logs/, gates/); see 
     Releases(JsonArg),
     /// Put the artifacts of an earlier release back from the cache
     Rollback(RollbackArgs),
+    /// Reset stages: remove their outs (persist ones too) and lock entries; the cache stays
+    #[command(
+        after_help = "Examples:\n  pipe clean train            train starts from scratch (no checkpoint) next build\n  \
+pipe clean --dry-run        what a full reset would remove\n  pipe clean                  every stage"
+    )]
+    Clean(CleanArgs),
     /// Upload cache objects the lock references to the remote cache
     Push(TransferArgs),
     /// Download cache objects the lock references from the remote cache
@@ -154,6 +160,9 @@ pub struct BuildArgs {
     /// A label for this run, shown by `pipe runs` and usable wherever a RUN is taken
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// Why a gate is overridden (recorded with --override-gate in the gate file and release)
+    #[arg(long, value_name = "TEXT", requires = "override_gate")]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -234,8 +243,17 @@ pub struct JsonArg {
 }
 
 #[derive(Args, Debug)]
+pub struct CleanArgs {
+    /// Stages (or matrix groups) to reset; default all
+    pub stages: Vec<String>,
+    /// Say what would be removed; remove nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct RollbackArgs {
-    /// The run id of the release to restore
+    /// The release's run: a run id, a unique prefix, `latest`, `latest~N` or a --name
     pub run: String,
 }
 

@@ -140,6 +140,13 @@ pub struct GateResult {
     pub evaluated_at: String,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub overridden: bool,
+    /// Why, who and when, for an overridden gate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -179,6 +186,9 @@ pub fn evaluate(
         file_hash: None,
         evaluated_at: crate::fsutil::now_rfc3339(),
         overridden,
+        reason: None,
+        by: None,
+        at: None,
         error: None,
     };
     let bytes = match std::fs::read(&path) {

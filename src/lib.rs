@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Params(a) => commands::metrics::params(&ctx, &a),
         Command::Releases(a) => commands::releases::list(&ctx, &a),
         Command::Rollback(a) => commands::releases::rollback(&ctx, &rep, &a),
+        Command::Clean(a) => commands::clean::run(&ctx, &rep, &a),
         Command::Push(a) => commands::transfer::push(&ctx, &rep, &a),
         Command::Pull(a) => commands::transfer::pull(&ctx, &rep, &a),
     }

@@ -72,6 +72,11 @@ pub enum Reason {
     /// `--keep-going` was not given and a stage failed.
     BuildStopped,
     BuildInterrupted,
+    /// A release stage held back: `pipe rollback` moved away from a release with these
+    /// inputs; `run_id` is the current release.
+    RolledBack {
+        run_id: String,
+    },
     /// A reason recorded as text by an older pipe.
     Note {
         text: String,
@@ -106,6 +111,10 @@ impl fmt::Display for Reason {
             Reason::UpstreamNotBuilt { stage } => write!(f, "upstream not built: {stage}"),
             Reason::BuildStopped => write!(f, "build stopped after a failure"),
             Reason::BuildInterrupted => write!(f, "build interrupted"),
+            Reason::RolledBack { run_id } => write!(
+                f,
+                "rolled back to release {run_id}; not released again until its inputs change"
+            ),
             Reason::Note { text } => f.write_str(text),
         }
     }
@@ -149,6 +158,7 @@ impl Reason {
             Reason::UpstreamNotBuilt { stage } => ("upstream_not_built", vec![("stage", s(stage))]),
             Reason::BuildStopped => ("build_stopped", vec![]),
             Reason::BuildInterrupted => ("build_interrupted", vec![]),
+            Reason::RolledBack { run_id } => ("rolled_back", vec![("run_id", s(run_id))]),
             Reason::Note { text } => ("note", vec![("text", s(text))]),
         }
     }
@@ -405,6 +415,40 @@ fn union<'a, V>(a: &'a BTreeMap<String, V>, b: &'a BTreeMap<String, V>) -> Vec<&
     keys
 }
 
+/// What the release lifecycle says about a plan: rollbacks that hold release stages back,
+/// and gate overrides that stick (implemented by the recorded release state).
+pub trait Releases {
+    /// For a release stage at `fingerprint` that a rollback moved away from: the current
+    /// release it stays at.
+    fn held_at(&self, stage: &str, fingerprint: &str) -> Option<String>;
+    /// A person overrode this gate for a file with this content.
+    fn overridden(&self, gate: &str, file_hash: Option<&str>) -> bool;
+}
+
+/// No rollbacks, no overrides.
+pub struct NoReleases;
+
+impl Releases for NoReleases {
+    fn held_at(&self, _: &str, _: &str) -> Option<String> {
+        None
+    }
+    fn overridden(&self, _: &str, _: Option<&str>) -> bool {
+        false
+    }
+}
+
+/// A release stage that must not release again: stale, and its fingerprint is one a
+/// rollback moved away from.
+pub fn held_back(stage: &Stage, j: &Judgement, releases: &dyn Releases) -> Option<Reason> {
+    if !stage.release || j.verdict.is_up_to_date() {
+        return None;
+    }
+    let fp = &j.inputs.as_ref()?.entry.fingerprint;
+    releases
+        .held_at(&stage.name, fp)
+        .map(|run_id| Reason::RolledBack { run_id })
+}
+
 /// One stage judged by a [`Planner`].
 #[derive(Debug, Clone)]
 pub struct Judgement {
@@ -497,7 +541,7 @@ pub struct Planned {
 impl Planned {
     /// Something is to do or to fix here (a frozen stage with a missing out counts).
     pub fn needs_attention(&self) -> bool {
-        !self.state.is_fresh() || !self.reasons.is_empty()
+        !self.state.is_fresh() || (self.state == StageState::Frozen && !self.reasons.is_empty())
     }
 }
 
@@ -511,6 +555,7 @@ pub fn upfront(
     planner: &Planner,
     forced: &BTreeSet<usize>,
     incomplete: &BTreeSet<String>,
+    releases: &dyn Releases,
 ) -> Result<Vec<Planned>> {
     let mut out: Vec<Planned> = Vec::new();
     let mut pos: HashMap<usize, usize> = HashMap::new();
@@ -535,8 +580,10 @@ pub fn upfront(
                 incomplete: incomplete.contains(&stage.name),
             };
             let j = planner.judge(stage, lock.stages.get(&stage.name), opts, true)?;
-            let mut state = j.verdict.state();
-            let mut reasons = j.verdict.reasons().to_vec();
+            let (mut state, mut reasons) = match held_back(stage, &j, releases) {
+                Some(why) => (StageState::RolledBack, vec![why]),
+                None => (j.verdict.state(), j.verdict.reasons().to_vec()),
+            };
             for path in frozen_missing(p, stage) {
                 reasons.push(Reason::OutMissing { path });
             }
@@ -557,7 +604,9 @@ pub fn upfront(
             }
             if state.is_fresh()
                 && let Some(spec) = &stage.gate
-                && !crate::gate::evaluate(spec, &stage.name, &p.root, false).passed
+                && let g = crate::gate::evaluate(spec, &stage.name, &p.root, false)
+                && !g.passed
+                && !releases.overridden(&spec.name, g.file_hash.as_deref())
             {
                 blocks.insert(
                     i,

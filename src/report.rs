@@ -311,7 +311,12 @@ impl Reporter {
             format!("{} restored", count(StageState::Restored)),
             format!("{} up to date", count(StageState::UpToDate)),
         ];
-        for st in [StageState::Failed, StageState::Blocked, StageState::Skipped] {
+        for st in [
+            StageState::Failed,
+            StageState::Blocked,
+            StageState::Skipped,
+            StageState::RolledBack,
+        ] {
             let n = count(st);
             if n > 0 {
                 parts.push(format!("{n} {}", st.label()));
@@ -340,7 +345,10 @@ impl Reporter {
 pub fn state_tone(state: StageState) -> Tone {
     match state {
         StageState::UpToDate | StageState::Ran | StageState::Restored => Tone::Good,
-        StageState::Frozen | StageState::Restorable | StageState::Running => Tone::Info,
+        StageState::Frozen
+        | StageState::Restorable
+        | StageState::Running
+        | StageState::RolledBack => Tone::Info,
         StageState::Blocked | StageState::Failed => Tone::Bad,
         StageState::Stale | StageState::Skipped => Tone::Warn,
     }
@@ -392,6 +400,17 @@ impl Sink for BuildView<'_> {
             } => {
                 self.run_dir = Some(run_dir.clone());
                 self.rep.begin(*stages as u64);
+            }
+            Event::StageJudged {
+                stage,
+                state: StageState::RolledBack,
+                reasons,
+                ..
+            } => {
+                let why = reasons.first().map(|r| r.to_string()).unwrap_or_default();
+                self.rep
+                    .status("Held", Tone::Info, &format!("{stage} ({why})"));
+                self.rep.skip_progress(1);
             }
             Event::StageJudged { stage, state, .. } if state.is_fresh() => {
                 if self.rep.verbose {

@@ -16,6 +16,9 @@ pub enum StageState {
     Blocked,
     /// A build in another process is running it now.
     Running,
+    /// A release stage whose inputs are those of a release that was rolled back from: it
+    /// does not release them again (not a failure).
+    RolledBack,
     // What a build did.
     Ran,
     Restored,
@@ -33,6 +36,7 @@ impl StageState {
             StageState::Restorable => "restorable",
             StageState::Blocked => "blocked",
             StageState::Running => "running",
+            StageState::RolledBack => "rolled_back",
             StageState::Ran => "ran",
             StageState::Restored => "restored",
             StageState::Failed => "failed",
@@ -44,13 +48,17 @@ impl StageState {
     pub fn label(self) -> &'static str {
         match self {
             StageState::UpToDate => "up to date",
+            StageState::RolledBack => "rolled back",
             other => other.as_str(),
         }
     }
 
-    /// Nothing to do for this stage (up to date or frozen).
+    /// Nothing to do for this stage (up to date, frozen, or held back after a rollback).
     pub fn is_fresh(self) -> bool {
-        matches!(self, StageState::UpToDate | StageState::Frozen)
+        matches!(
+            self,
+            StageState::UpToDate | StageState::Frozen | StageState::RolledBack
+        )
     }
 }
 
@@ -73,6 +81,7 @@ mod tests {
             StageState::Restorable,
             StageState::Blocked,
             StageState::Running,
+            StageState::RolledBack,
             StageState::Ran,
             StageState::Restored,
             StageState::Failed,

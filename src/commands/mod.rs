@@ -1,5 +1,6 @@
 //! One module per subcommand; each loads what it needs and returns an exit code.
 
+pub mod clean;
 pub mod dag;
 pub mod gc;
 pub mod init;
@@ -109,6 +110,7 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
         command: std::env::args().collect(),
         name: a.name.clone(),
         follow: a.follow,
+        reason: a.reason.clone(),
     };
     rep.follow_to_stderr = a.json;
     let summary = execute::build(&p, &opts, rep)?;

@@ -8,37 +8,78 @@ use crate::event::{Event, Sink};
 use crate::record;
 use crate::record::RunStatus;
 use crate::record::events::EventLog;
+use crate::record::release::{ReleaseManifest, ReleaseState};
 use crate::report::{Reporter, Tone};
 use crate::state::StatCache;
 use anyhow::Result;
+use std::io::Write;
+
+/// One release as listed: the manifest plus whether it is the stage's current release and
+/// whether it was forced (a gate upstream overridden).
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    release: &'a ReleaseManifest,
+    current: bool,
+    forced: bool,
+}
 
 pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
     let p = ctx.load(&[])?;
-    let rel = record::release::list_releases(&p.layout.releases());
+    let all = record::release::list_releases(&p.layout.releases());
+    let state = ReleaseState::load(&p.layout.state());
+    let listed: Vec<Listed> = all
+        .iter()
+        .map(|r| Listed {
+            release: r,
+            current: state.current_of(&r.stage, &all) == Some(r.run_id.as_str()),
+            forced: r.overridden,
+        })
+        .collect();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rel)?);
+        crate::report::print_json(&listed)?;
         return Ok(0);
     }
-    if rel.is_empty() {
+    if listed.is_empty() {
         eprintln!(
             "no releases yet: a stage with `release = true` writes one when it runs successfully"
         );
         return Ok(0);
     }
-    println!(
-        "{:<22} {:<20} {:<14} {:<9} gates",
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "  {:<22} {:<23} {:<14} {:<9} gates",
         "run", "created", "stage", "artifacts"
-    );
-    for r in rel {
-        println!(
-            "{:<22} {:<20} {:<14} {:<9} {}",
+    )?;
+    for l in &listed {
+        let r = l.release;
+        let mut notes = vec![r.gates.join(", ")];
+        if l.forced {
+            notes.push(format!(
+                "FORCED by {}{}",
+                r.by.as_deref().unwrap_or("?"),
+                r.reason
+                    .as_deref()
+                    .map(|x| format!(": {x}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(n) = &r.name {
+            notes.push(format!("name {n}"));
+        }
+        writeln!(
+            out,
+            "{} {:<22} {:<23} {:<14} {:<9} {}",
+            if l.current { "*" } else { " " },
             r.run_id,
             r.created_at.trim_end_matches('Z').replace('T', " "),
             r.stage,
             r.artifacts.len(),
-            r.gates.join(", ")
-        );
+            notes.join("; ")
+        )?;
     }
+    out.flush()?;
     Ok(0)
 }
 
@@ -103,6 +144,23 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
         }
     }
     let _ = stat.save(&p.layout.stat_cache());
+    // The rollback sticks: the release moved away from is not released again, and the one
+    // put back is current.
+    let lock = crate::lockfile::LockFile::load(&p.layout.lockfile())?;
+    let mut state = ReleaseState::load(&p.layout.state());
+    for r in &chosen {
+        let held = state.rolled_back.entry(r.stage.clone()).or_default();
+        if let Some(e) = lock.stages.get(&r.stage)
+            && r.fingerprint.as_ref() != Some(&e.fingerprint)
+        {
+            held.insert(e.fingerprint.clone());
+        }
+        if let Some(fp) = &r.fingerprint {
+            held.remove(fp);
+        }
+        state.current.insert(r.stage.clone(), r.run_id.clone());
+    }
+    state.save(&p.layout.state())?;
     log.on(&Event::Rollback {
         to: a.run.clone(),
         artifacts: chosen.iter().map(|r| r.artifacts.len()).sum(),

@@ -76,6 +76,7 @@ pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>,
             },
         );
     }
+    let rel = crate::record::release::ReleaseState::load(&p.layout.state());
     let planned = plan::upfront(
         p,
         &sel.selected,
@@ -83,6 +84,7 @@ pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>,
         &planner,
         &BTreeSet::new(),
         &incomplete,
+        &rel,
     )?;
     let _ = stat.save(&p.layout.stat_cache());
     let rows = planned

@@ -15,10 +15,10 @@ use crate::event::{Bus, Event};
 use crate::gate::GateResult;
 use crate::graph::{ExecutorKind, Pipeline, Selection};
 use crate::lockfile::LockFile;
-use crate::plan::{JudgeOpts, Planner, Reason, Verdict};
+use crate::plan::{self, JudgeOpts, Planner, Reason, Verdict};
 use crate::process_group::{Recorded, Watchdog};
 use crate::record::follow::Tail;
-use crate::record::release::{Artifact, ReleaseManifest};
+use crate::record::release::{Artifact, Override, ReleaseManifest, ReleaseState, who};
 use crate::record::{Git, Recorder, markers};
 use crate::stage_state::StageState;
 use crate::state::StatCache;
@@ -66,6 +66,9 @@ struct Books {
     reasons: HashMap<usize, Vec<Reason>>,
     gates: HashMap<usize, GateResult>,
     no_restore: BTreeSet<usize>,
+    /// Current releases, rolled-back fingerprints, sticky overrides.
+    rel: ReleaseState,
+    rel_dirty: bool,
 }
 
 impl Dispatch<'_> {
@@ -103,11 +106,15 @@ impl Dispatch<'_> {
             .then(|| {
                 Arc::new(super::slurm::SlurmExecutor::new(p.slurm.clone())) as Arc<dyn Executor>
             });
-        let mut books = Books::default();
+        let state_dir = p.layout.state();
+        let mut books = Books {
+            rel: ReleaseState::load(&state_dir),
+            ..Default::default()
+        };
         let (tx, rx) = mpsc::channel::<Msg>();
         let (cache, stat, root, push) = (self.cache, self.stat, &p.root, self.push);
 
-        std::thread::scope(|scope| -> Result<()> {
+        let scoped = std::thread::scope(|scope| -> Result<()> {
             let mut running: HashMap<usize, Arc<Control>> = HashMap::new();
             let mut tails: BTreeMap<usize, Tail> = BTreeMap::new();
             loop {
@@ -230,7 +237,11 @@ impl Dispatch<'_> {
                 bus.tick()?;
             }
             Ok(())
-        })?;
+        });
+        if books.rel_dirty {
+            books.rel.save(&state_dir)?;
+        }
+        scoped?;
         let failed = self
             .sel
             .selected
@@ -311,13 +322,18 @@ impl Dispatch<'_> {
         let j = self
             .planner
             .judge(s, self.lock.stages.get(&s.name), opts, restore_ok)?;
-        if let Some(w) = j.warning {
+        if let Some(w) = j.warning.clone() {
             bus.emit(Event::Warning {
                 stage: Some(s.name.clone()),
                 message: w,
             })?;
         }
-        let state = j.verdict.state();
+        let held = plan::held_back(s, &j, &books.rel);
+        let state = if held.is_some() {
+            StageState::RolledBack
+        } else {
+            j.verdict.state()
+        };
         tracing::debug!(
             stage = %s.name,
             fingerprint = j.inputs.as_ref().map(|x| x.entry.fingerprint.as_str()).unwrap_or("-"),
@@ -331,7 +347,11 @@ impl Dispatch<'_> {
         if state == StageState::Frozen {
             reasons = vec![Reason::Frozen];
         }
+        if let Some(why) = held {
+            reasons = vec![why];
+        }
         let work = match j.verdict {
+            _ if state == StageState::RolledBack => None,
             Verdict::UpToDate | Verdict::Frozen => None,
             Verdict::Stale { restore, .. } => Some(match restore {
                 Some(entry) => {
@@ -349,6 +369,7 @@ impl Dispatch<'_> {
             inputs: j.inputs.map(|x| Box::new(x.entry)),
         })?;
         match work {
+            None if state == StageState::RolledBack => sched.finished(i, Settled::Ok),
             None => {
                 let how = self.gate(i, true, books, bus)?;
                 sched.finished(i, how);
@@ -438,17 +459,44 @@ impl Dispatch<'_> {
         Ok(())
     }
 
-    /// Check the stage's gate after it succeeded (or was found up to date).
+    /// Check the stage's gate after it succeeded (or was found up to date). A failing gate
+    /// passes when a person overrides it now (`--override-gate`, kept against the gate
+    /// file's hash) or overrode it earlier for the same file content.
     fn gate(&self, i: usize, fresh: bool, books: &mut Books, bus: &mut Bus) -> Result<Settled> {
         let s = &self.p.stages[i];
         let Some(spec) = &s.gate else {
             return Ok(Settled::Ok);
         };
-        let overridden = self.opts.override_gates.iter().any(|g| g == &spec.name);
         let mut result = crate::gate::evaluate(spec, &s.name, &self.p.root, false);
-        if !result.passed && overridden {
-            result.passed = true;
-            result.overridden = true;
+        if !result.passed {
+            let now = self.opts.override_gates.iter().any(|g| g == &spec.name);
+            let kept = books
+                .rel
+                .sticky_override(&spec.name, result.file_hash.as_deref())
+                .cloned();
+            let held = match (now, kept) {
+                (true, _) => {
+                    let o = Override {
+                        file_hash: result.file_hash.clone().unwrap_or_default(),
+                        reason: self.opts.reason.clone(),
+                        by: who(),
+                        at: crate::fsutil::now_rfc3339(),
+                    };
+                    if result.file_hash.is_some() {
+                        books.rel.overrides.insert(spec.name.clone(), o.clone());
+                        books.rel_dirty = true;
+                    }
+                    Some(o)
+                }
+                (false, kept) => kept,
+            };
+            if let Some(o) = held {
+                result.passed = true;
+                result.overridden = true;
+                result.reason = o.reason;
+                result.by = Some(o.by);
+                result.at = Some(o.at);
+            }
         }
         let passed = result.passed;
         books.gates.insert(i, result.clone());
@@ -461,12 +509,14 @@ impl Dispatch<'_> {
         }
     }
 
-    /// A release stage ran and its gate passed: write its release manifest.
+    /// A release stage ran and its gate passed: write its release manifest, which tells the
+    /// story (the run's name, the params upstream ran with, the metric values its gates
+    /// checked, whether a gate was overridden), and make it the current release.
     fn release(
         &self,
         i: usize,
         outs: &BTreeMap<String, crate::cache::CachedOut>,
-        books: &Books,
+        books: &mut Books,
         bus: &mut Bus,
     ) -> Result<()> {
         let s = &self.p.stages[i];
@@ -477,24 +527,49 @@ impl Dispatch<'_> {
                 out: out.clone(),
             })
             .collect();
-        let gates = self
-            .p
-            .with_upstream(&BTreeSet::from([i]))
+        let upstream = self.p.with_upstream(&BTreeSet::from([i]));
+        let results: Vec<&GateResult> = upstream
             .iter()
             .filter_map(|u| books.gates.get(u))
             .filter(|g| g.passed)
-            .map(|g| g.gate.clone())
             .collect();
+        let mut params = BTreeMap::new();
+        for &u in &upstream {
+            for (k, v) in &self.p.stages[u].params {
+                params.insert(k.clone(), v.clone());
+            }
+        }
+        let metrics = results
+            .iter()
+            .map(|g| {
+                let values = g.checks.iter().map(|c| (c.key.clone(), c.actual)).collect();
+                (g.gate.clone(), values)
+            })
+            .collect();
+        let forced = results.iter().find(|g| g.overridden);
         let manifest = ReleaseManifest {
             status: "released".into(),
             run_id: self.rec.run_id.clone(),
             created_at: crate::fsutil::now_rfc3339(),
             stage: s.name.clone(),
             artifacts,
-            gates,
+            gates: results.iter().map(|g| g.gate.clone()).collect(),
             git: self.git.clone(),
             pipeline: self.p.name.clone(),
+            name: self.opts.name.clone(),
+            fingerprint: books.fingerprints.get(&i).cloned(),
+            params,
+            metrics,
+            overridden: forced.is_some(),
+            reason: forced.and_then(|g| g.reason.clone()),
+            by: forced.and_then(|g| g.by.clone()),
+            at: forced.and_then(|g| g.at.clone()),
         };
+        books
+            .rel
+            .current
+            .insert(s.name.clone(), self.rec.run_id.clone());
+        books.rel_dirty = true;
         bus.emit(Event::Release {
             stage: s.name.clone(),
             artifacts: manifest.artifacts.len(),

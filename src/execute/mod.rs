@@ -49,6 +49,8 @@ pub struct BuildOptions {
     pub name: Option<String>,
     /// `--follow`: print every line the stages write.
     pub follow: bool,
+    /// `--reason`: why gates were overridden.
+    pub reason: Option<String>,
 }
 
 /// Before anything runs: a stage whose earlier run left processes alive (pipe and its
@@ -83,6 +85,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
             use_cache: opts.use_cache,
             remote: None,
         };
+        let rel = crate::record::release::ReleaseState::load(&p.layout.state());
         let planned = plan::upfront(
             p,
             &sel.selected,
@@ -90,6 +93,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
             &planner,
             &sel.forced,
             &markers::incomplete(p),
+            &rel,
         )?;
         let _ = stat.save(&p.layout.stat_cache());
         rep.dry_run(p, &planned);

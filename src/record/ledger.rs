@@ -131,7 +131,9 @@ impl Sink for Ledger<'_> {
                 inputs,
             } => {
                 let mut r = StageRecord::new(*state, reasons.clone());
-                if state.is_fresh() {
+                if *state == StageState::RolledBack {
+                    // Held back after a rollback: nothing runs, the lock entry stands.
+                } else if state.is_fresh() {
                     r.status = StageState::UpToDate;
                     if let Some(e) = self.lock.stages.get(stage) {
                         r.fingerprint = Some(e.fingerprint.clone());

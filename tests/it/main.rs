@@ -25,6 +25,8 @@ mod operations;
 mod output;
 /// Run records, quality gates, releases and rollback, and the views of them.
 mod records;
+/// Releases that stick: sticky overrides, manifests with the story, rollbacks, clean.
+mod releases;
 /// kill -9, Ctrl-C, two builds at once, retries, timeouts, resource pools, escaping outs.
 mod reliability;
 /// The remote cache against a real S3 server on 127.0.0.1 (tests/servers/s3.sh).

@@ -508,9 +508,8 @@ fn override_gate_passes_and_is_recorded() {
         .expect("a gate_pass event");
     assert_eq!(pass["overridden"], true);
 
-    // Without the flag the next build is blocked again (promote stays as built).
-    ws.pipe(&["build"]).code(3);
-    assert_eq!(gate_file(&ws, "eval_gate")["passed"], false);
+    // The override sticks to this metrics file: the next plain build passes too.
+    ws.pipe(&["build"]).ok();
 }
 
 #[test]
