@@ -161,16 +161,41 @@ impl Layout {
 
 /// A file-name-safe form of a stage name (matrix names hold `@`, `=` and `,`).
 pub fn marker_name(stage: &str) -> String {
-    stage
+    const KEEP: usize = 100;
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_.@=,".contains(c);
+    let plain = !stage.is_empty()
+        && stage.len() <= KEEP
+        && stage.chars().all(safe)
+        && !stage.starts_with('.');
+    if plain {
+        return stage.to_string();
+    }
+    // Anything else keeps a readable part and gets a short hash of the whole name, so two
+    // names never share a file (`a/b`, `a_b`, `a b`, `a:b`) and no name is too long.
+    let readable: String = stage
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.@=,".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+        .take(KEEP)
+        .map(|c| if safe(c) { c } else { '_' })
+        .collect();
+    let hash = blake3::hash(stage.as_bytes()).to_hex();
+    format!("{readable}-{}", &hash[..12])
+}
+
+#[cfg(test)]
+mod marker_name_tests {
+    use super::marker_name;
+
+    #[test]
+    fn file_names_for_stage_names_are_plain_when_they_can_be_and_never_collide() {
+        assert_eq!(marker_name("train@lr=0.01,seed=1"), "train@lr=0.01,seed=1");
+        let odd = ["a/b", "a_b", "a b", "a:b", ".hidden", ""];
+        let names: std::collections::BTreeSet<String> =
+            odd.iter().map(|s| marker_name(s)).collect();
+        assert_eq!(names.len(), odd.len(), "{names:?}");
+        let long = marker_name(&"x".repeat(300));
+        assert!(long.len() < 120, "{long}");
+        assert_ne!(long, marker_name(&"x".repeat(301)));
+    }
 }
 
 /// Remove a file, symlink or folder if it exists.

@@ -218,3 +218,28 @@ outs = ["tuned.bin"]
     ws.pipe(&["build"]).ok();
     assert_eq!(ws.read("tuned.bin"), "base\n");
 }
+
+#[test]
+fn stage_names_that_are_not_file_names_still_get_their_own_log_and_marker() {
+    let long = "s".repeat(300);
+    let ws = Ws::new(&format!(
+        r#"
+[stages.{long}]
+cmd = "echo long > long.txt"
+outs = ["long.txt"]
+
+[stages.b]
+foreach = ["a/b", "a_b", "a b", "a:b"]
+cmd = "echo '${{item}}'"
+"#
+    ));
+    let run = ws.pipe(&["build"]);
+    run.ok();
+    // Four members, four logs: no two share a file.
+    let logs = std::fs::read_dir(ws.last_run_dir().join("logs"))
+        .unwrap()
+        .count();
+    assert_eq!(logs, 5, "{run}");
+    ws.pipe(&["log", &long]).ok();
+    ws.pipe(&["status", &long]).ok();
+}
