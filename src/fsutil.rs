@@ -106,12 +106,42 @@ pub fn glob_base(pattern: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub root: PathBuf,
+    /// `.pipe/` for `Pipeline.toml`; `.pipe/pipelines/<NAME>/` for another file `NAME.toml`,
+    /// so two pipeline files in one folder keep their runs, releases and state apart.
     pub dot: PathBuf,
     pub cache: PathBuf,
     pub runs: PathBuf,
+    /// `Pipeline.lock`, or `NAME.lock` beside `NAME.toml`.
+    pub lock: PathBuf,
 }
 
 impl Layout {
+    /// The layout for the pipeline file `file` in `root`.
+    pub fn for_file(
+        root: &Path,
+        file: &Path,
+        cache_dir: Option<&str>,
+        runs_dir: Option<&str>,
+    ) -> Layout {
+        let stem = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Pipeline".into());
+        let mut l = Layout::new(root, cache_dir, runs_dir);
+        if stem != "Pipeline" {
+            let own = root
+                .join(".pipe")
+                .join("pipelines")
+                .join(marker_name(&stem));
+            if runs_dir.is_none() {
+                l.runs = own.join("runs");
+            }
+            l.dot = own;
+            l.lock = root.join(format!("{stem}.lock"));
+        }
+        l
+    }
+
     pub fn new(root: &Path, cache_dir: Option<&str>, runs_dir: Option<&str>) -> Layout {
         let dot = root.join(".pipe");
         let resolve = |p: &str| {
@@ -131,6 +161,7 @@ impl Layout {
         let runs = runs_dir.map(resolve).unwrap_or_else(|| dot.join("runs"));
         Layout {
             root: root.to_path_buf(),
+            lock: root.join("Pipeline.lock"),
             dot,
             cache,
             runs,
@@ -155,7 +186,7 @@ impl Layout {
         self.dot.join("releases")
     }
     pub fn lockfile(&self) -> PathBuf {
-        self.root.join("Pipeline.lock")
+        self.lock.clone()
     }
 }
 

@@ -167,8 +167,9 @@ impl<'a> Builder<'a> {
         self.bail_if_errors()?;
         let order = self.toposort(&stages)?;
 
-        let layout = Layout::new(
+        let layout = Layout::for_file(
             &self.root,
+            &self.src.path,
             raw.pipeline.cache_dir.as_deref(),
             raw.pipeline.runs_dir.as_deref(),
         );

@@ -243,3 +243,30 @@ cmd = "echo '${{item}}'"
     ws.pipe(&["log", &long]).ok();
     ws.pipe(&["status", &long]).ok();
 }
+
+#[test]
+fn two_pipeline_files_in_one_folder_keep_their_locks_runs_and_state_apart() {
+    let ws = Ws::new("[stages.main]\ncmd = \"echo main > main.txt\"\nouts = [\"main.txt\"]\n");
+    ws.write(
+        "smoke.toml",
+        "[stages.quick]\ncmd = \"echo quick > quick.txt\"\nouts = [\"quick.txt\"]\n",
+    );
+    ws.pipe(&["build"]).ok();
+    let lock = ws.read("Pipeline.lock");
+    let main_runs = std::fs::read_dir(ws.path(".pipe/runs")).unwrap().count();
+    ws.pipe(&["-f", "smoke.toml", "build"]).ok();
+    assert_eq!(ws.read("Pipeline.lock"), lock, "the main lock is untouched");
+    assert!(ws.read("smoke.lock").contains("[stages.quick]"));
+    assert_eq!(
+        std::fs::read_dir(ws.path(".pipe/runs")).unwrap().count(),
+        main_runs
+    );
+    ws.pipe(&["status"]).ok();
+    ws.pipe(&["-f", "smoke.toml", "status"]).ok();
+    let runs = ws.pipe(&["-f", "smoke.toml", "runs", "--json"]).ok().json();
+    let n = match &runs {
+        serde_json::Value::Array(a) => a.len(),
+        v => v["runs"].as_array().map_or(0, |a| a.len()),
+    };
+    assert_eq!(n, 1, "{runs:#}");
+}
