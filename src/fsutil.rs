@@ -186,6 +186,28 @@ pub fn remove_path(path: &Path) -> Result<()> {
     }
 }
 
+/// The process umask (read once: from /proc where available, else by setting and
+/// restoring it before any other thread creates files).
+pub fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        if let Ok(s) = std::fs::read_to_string("/proc/self/status")
+            && let Some(v) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        {
+            return v & 0o777;
+        }
+        // SAFETY: umask only swaps the process mask; it is put back at once.
+        unsafe {
+            let old = libc::umask(0o022);
+            libc::umask(old);
+            old as u32 & 0o777
+        }
+    })
+}
+
 /// Now, as RFC 3339 UTC with second precision.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()

@@ -7,7 +7,7 @@
 //! and a run-cache entry is trusted only as far as its objects verify. A run entry is
 //! uploaded after its objects, so a remote entry never points at objects not yet there.
 
-use crate::cache::{Cache, RunEntry, Tree};
+use crate::cache::{Cache, Digest, RunEntry, Tree};
 use crate::error::failed;
 use crate::report::Reporter;
 use crate::spec::RawRemote;
@@ -59,8 +59,8 @@ impl std::fmt::Display for TransferStats {
 /// What to move: a file of the local cache and its key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Item {
-    Object(String),
-    Tree(String),
+    Object(Digest),
+    Tree(Digest),
 }
 
 fn explain(url: &str, e: &object_store::Error) -> String {
@@ -164,12 +164,8 @@ impl Remote {
         }
     }
 
-    fn object_key(digest: &str) -> String {
-        format!(
-            "objects/{}/{}",
-            &digest[..2.min(digest.len())],
-            &digest[2.min(digest.len())..]
-        )
+    fn object_key(digest: &Digest) -> String {
+        format!("objects/{}/{}", &digest[..2], &digest[2..])
     }
 
     /// Fetch a remote object's bytes; `None` when it is not there.
@@ -187,7 +183,7 @@ impl Remote {
 
     /// Stream an object into the local cache, hashing on the way; it enters the cache only
     /// if its bytes match its name. `None` when the remote lacks it.
-    async fn download_object(&self, cache: &Cache, digest: &str) -> Result<Option<u64>> {
+    async fn download_object(&self, cache: &Cache, digest: &Digest) -> Result<Option<u64>> {
         use std::io::Write;
         let rel = Self::object_key(digest);
         let result = match self.store.get(&self.key(&rel)).await {
@@ -213,7 +209,7 @@ impl Remote {
             tmp.write_all(&chunk)
                 .with_context(|| format!("cannot write into {}", dir.display()))?;
         }
-        if hasher.finalize().to_hex().as_str() != digest {
+        if hasher.finalize().to_hex().as_str() != digest.as_str() {
             bail!(
                 "remote {}: object {digest} does not match its hash; refused",
                 self.url
@@ -379,7 +375,7 @@ impl Remote {
                 let (was_sent, n) = self
                     .put_file(
                         &format!("runs/{}.json", e.fingerprint),
-                        &cache.run_path(&e.fingerprint),
+                        &cache.run_path(&e.fingerprint.parse::<Digest>().map_err(|e| anyhow!(e))?),
                     )
                     .await?;
                 if was_sent {
@@ -418,14 +414,17 @@ impl Remote {
             stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(e));
         }
-        let Some(bytes) = self.get(&format!("runs/{fp}.json")).await? else {
+        let Ok(digest) = fp.parse::<Digest>() else {
+            bail!(
+                "remote run entry `{}` is not named by a digest; refused",
+                fp.escape_debug()
+            )
+        };
+        let Some(bytes) = self.get(&format!("runs/{digest}.json")).await? else {
             return Ok(None);
         };
-        let entry: RunEntry = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow!("remote run entry {fp} is not valid: {e}"))?;
-        if entry.fingerprint != fp || entry.version != crate::cache::VERSION {
-            bail!("remote run entry {fp} does not match its name; refused");
-        }
+        let entry = RunEntry::parse(&bytes, &digest)
+            .map_err(|e| anyhow!("remote run entry {fp} is not valid: {e}; refused"))?;
         let mut objects = BTreeSet::new();
         for o in entry.outs.values() {
             if !o.dir {
@@ -438,11 +437,8 @@ impl Remote {
                 let Some(b) = self.get(&format!("trees/{}.json", o.hash)).await? else {
                     bail!("remote cache lacks tree {} of run entry {fp}", o.hash)
                 };
-                let t: Tree = serde_json::from_slice(&b)
-                    .map_err(|e| anyhow!("remote tree {} is not valid: {e}", o.hash))?;
-                if t.digest().as_deref() != Some(o.hash.as_str()) {
-                    bail!("remote tree {} does not match its hash; refused", o.hash);
-                }
+                let t = Tree::parse(&b, &o.hash)
+                    .map_err(|e| anyhow!("remote tree {}: {e:#}", o.hash))?;
                 crate::fsutil::atomic_write(&cache.tree_path(&o.hash), &b)?;
                 stats.add(b.len() as u64);
                 t

@@ -182,17 +182,12 @@ impl<'a> Engine<'a> {
         let artifacts = entry
             .outs
             .iter()
-            .map(|(path, o)| {
+            .filter_map(|(path, o)| {
                 let out = cached.as_ref().and_then(|c| c.outs.get(path)).cloned();
-                record::Artifact {
+                Some(record::Artifact {
                     path: path.clone(),
-                    out: out.unwrap_or_else(|| crate::cache::CachedOut {
-                        hash: o.hash.clone(),
-                        size: o.size,
-                        dir: o.dir,
-                        mode: 0o644,
-                    }),
-                }
+                    out: out.or_else(|| crate::cache::CachedOut::from_lock(o))?,
+                })
             })
             .collect();
         let upstream = self.p.with_upstream(&BTreeSet::from([i]));

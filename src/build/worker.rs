@@ -63,7 +63,7 @@ pub(super) fn execute(
                             (
                                 k.clone(),
                                 OutRecord {
-                                    hash: o.hash.clone(),
+                                    hash: o.hash.to_string(),
                                     size: o.size,
                                     dir: o.dir,
                                 },

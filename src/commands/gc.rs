@@ -2,7 +2,7 @@
 //! References: `Pipeline.lock`, the newest N runs, and every release.
 
 use super::Ctx;
-use crate::cache::{Cache, RunEntry};
+use crate::cache::{Cache, Digest, RunEntry};
 use crate::cli::GcArgs;
 use crate::error::failed;
 use crate::lockfile::{LockFile, OutRecord};
@@ -26,13 +26,18 @@ impl Keep {
             return Ok(());
         }
         self.trees.insert(hash.to_string());
-        if cache.tree_path(hash).exists() {
-            let t = cache.read_tree(hash).map_err(|e| {
+        // A reference that is not a digest names nothing in the cache.
+        let Ok(digest) = hash.parse::<Digest>() else {
+            return Ok(());
+        };
+        if cache.tree_path(&digest).exists() {
+            let t = cache.read_tree(&digest).map_err(|e| {
                 failed(format!(
                     "refusing to gc: cannot read a referenced tree: {e:#}"
                 ))
             })?;
-            self.objects.extend(t.entries.into_iter().map(|e| e.hash));
+            self.objects
+                .extend(t.entries.into_iter().map(|e| String::from(e.hash)));
         }
         Ok(())
     }
