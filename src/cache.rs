@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const VERSION: u32 = 1;
 
@@ -178,6 +180,21 @@ impl std::error::Error for Corrupt {}
 #[derive(Debug, Clone)]
 pub struct Cache {
     pub dir: PathBuf,
+    /// Set once a store found the cache read-only or full: from then on this process only
+    /// restores from it.
+    restore_only: Arc<AtomicBool>,
+}
+
+/// Why a write into the cache cannot work at all (rather than failed by accident): the
+/// cache is read-only (another user's, a read-only mount) or its disk is full.
+fn unwritable(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .find_map(|io| match io.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => Some("not writable"),
+            Some(libc::ENOSPC | libc::EDQUOT) => Some("full"),
+            _ => None,
+        })
 }
 
 /// Print a warning about the cache once per process (status and build judge a stage more
@@ -200,7 +217,30 @@ impl Cache {
     pub fn new(dir: &Path) -> Cache {
         Cache {
             dir: dir.to_path_buf(),
+            restore_only: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether this process has stopped storing into the cache (read-only or full).
+    pub fn restore_only(&self) -> bool {
+        self.restore_only.load(Ordering::Relaxed)
+    }
+
+    /// A store that failed because the cache is read-only or full turns the cache into
+    /// "restore only" with one warning; the stage's success stands. Other errors stand.
+    fn store_failed(&self, e: anyhow::Error) -> Result<()> {
+        let Some(why) = unwritable(&e) else {
+            return Err(e);
+        };
+        self.restore_only.store(true, Ordering::Relaxed);
+        warn_once(
+            &format!("unwritable {}", self.dir.display()),
+            &format!(
+                "the cache folder {} is {why}: restoring from it, not storing into it ({e:#})",
+                self.dir.display()
+            ),
+        );
+        Ok(())
     }
 
     pub fn object_path(&self, digest: &Digest) -> PathBuf {
@@ -242,7 +282,10 @@ impl Cache {
             PathHash::File(f) => {
                 no_escape(root, rel)?;
                 let digest = Digest::from(f.digest);
-                self.store_file(&root.join(rel), &digest)?;
+                if !self.restore_only() {
+                    self.store_file(&root.join(rel), &digest)
+                        .or_else(|e| self.store_failed(e))?;
+                }
                 Ok(CachedOut {
                     hash: digest,
                     size: f.size,
@@ -256,7 +299,10 @@ impl Cache {
                 let mut tree = Vec::with_capacity(entries.len());
                 for e in entries {
                     let d = Digest::from(e.hash.digest);
-                    self.store_file(&root.join(rel).join(&e.rel), &d)?;
+                    if !self.restore_only() {
+                        self.store_file(&root.join(rel).join(&e.rel), &d)
+                            .or_else(|e| self.store_failed(e))?;
+                    }
                     tree.push(TreeEntry {
                         path: e.rel.clone(),
                         hash: d,
@@ -266,14 +312,15 @@ impl Cache {
                 }
                 let digest = Digest::from(*digest);
                 let tp = self.tree_path(&digest);
-                if !tp.exists() {
+                if !self.restore_only() && !tp.exists() {
                     quick_write(
                         &tp,
                         &serde_json::to_vec_pretty(&Tree {
                             version: VERSION,
                             entries: tree,
                         })?,
-                    )?;
+                    )
+                    .or_else(|e| self.store_failed(e))?;
                 }
                 Ok(CachedOut {
                     hash: digest,
@@ -299,7 +346,11 @@ impl Cache {
             .fingerprint
             .parse()
             .map_err(|e| anyhow::anyhow!("run-cache entry of `{}`: {e}", entry.stage))?;
+        if self.restore_only() {
+            return Ok(());
+        }
         quick_write(&self.run_path(&fp), &serde_json::to_vec_pretty(entry)?)
+            .or_else(|e| self.store_failed(e))
     }
 
     /// The run-cache entry for a fingerprint. A missing one is `None`; an unreadable or

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Write `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
@@ -25,6 +26,15 @@ fn write_replace(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
         .prefix(".pipe-tmp-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    // A file pipe rewrites keeps the mode it has; a new one follows the umask (a temporary
+    // file is 0600, which would hide a shared cache's entries from the rest of a team).
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(_) => 0o666 & !umask(),
+    };
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     tmp.write_all(bytes)
         .and_then(|_| {
             if sync {

@@ -208,3 +208,143 @@ outs = ["out"]
     );
     out.untouched();
 }
+
+// ---------------------------------------------------------------- 2. shared caches
+
+/// Run pipe under `sh` with a given umask (the umask is per process: the test harness's own
+/// must not change under the other tests).
+fn pipe_umask(ws: &Ws, umask: &str, cache: &Path, args: &str) -> Run {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$0\" {args}"))
+        .arg(bin())
+        .current_dir(ws.root())
+        .env("PIPE_CACHE_DIR", cache)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn cache_entries_and_folders_follow_the_umask() {
+    let cache = tempfile::tempdir().unwrap();
+    let ws = Ws::new(FOLDER);
+    ws.write("in.txt", "v1\n");
+    sane(&pipe_umask(&ws, "002", cache.path(), "build")).ok();
+    let mut checked = 0;
+    for sub in ["runs", "trees"] {
+        for e in std::fs::read_dir(cache.path().join(sub)).unwrap() {
+            let m = mode(&e.unwrap().path()) & 0o777;
+            assert_eq!(m, 0o664, "{sub} file has mode {m:o}");
+            checked += 1;
+        }
+        assert_eq!(mode(&cache.path().join(sub)) & 0o777, 0o775);
+    }
+    assert_eq!(checked, 2);
+    // Objects stay read-only for everyone.
+    for e in walk(&cache.path().join("objects")) {
+        assert_eq!(mode(&e) & 0o777, 0o444, "{}", e.display());
+    }
+    // A new lock follows the umask too.
+    assert_eq!(mode(&ws.path("Pipeline.lock")) & 0o777, 0o664);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A read-only bind mount of a folder, removed on drop; `None` (with a note) when this
+/// machine does not allow mounts.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn bind_ro(src: &Path, dst: &Path) -> Option<Mount> {
+        std::fs::create_dir_all(dst).unwrap();
+        let ok = |args: &[&str]| {
+            std::process::Command::new("mount")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let (s, d) = (src.to_str().unwrap(), dst.to_str().unwrap());
+        if !ok(&["--bind", s, d]) {
+            eprintln!("note: skipping: cannot bind-mount (needs root)");
+            return None;
+        }
+        let m = Mount(dst.to_path_buf());
+        if !ok(&["-o", "remount,ro,bind", d]) {
+            eprintln!("note: skipping: cannot remount read-only");
+            return None;
+        }
+        Some(m)
+    }
+    #[allow(dead_code)] // used by the full-disk tests
+    fn tmpfs(dst: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dst).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dst)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("note: skipping: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(Mount(dst.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_read_only_cache_restores_and_never_fails_a_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let ws1 = Ws::new(COPY);
+    ws1.write("in.txt", "v1\n");
+    sane(&pipe_umask(&ws1, "022", &cache, "build")).ok();
+    let Some(_ro) = Mount::bind_ro(&cache, &tmp.path().join("ro")) else {
+        return;
+    };
+    let ro = tmp.path().join("ro");
+    // A teammate's clone restores from it.
+    let ws2 = Ws::new(COPY);
+    ws2.write("in.txt", "v1\n");
+    sane(&pipe_umask(&ws2, "022", &ro, "build")).ok();
+    assert_eq!(ws2.count("runs_a.txt"), 0, "expected a restore");
+    assert_eq!(ws2.read("a.txt"), "v1\n");
+    // A change runs the stage: it succeeds, with one warning, and nothing is stored.
+    ws2.write("in.txt", "v2\n");
+    let r = pipe_umask(&ws2, "022", &ro, "build");
+    sane(&r).ok();
+    assert_eq!(
+        r.stderr.matches("restoring from it, not storing").count(),
+        1,
+        "{r}"
+    );
+    assert_eq!(ws2.read("a.txt"), "v2\n");
+    sane(&pipe_umask(&ws2, "022", &ro, "status")).ok();
+}
