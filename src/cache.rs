@@ -5,7 +5,6 @@
 //! (folder manifests), `runs/<fingerprint>.json` (run-cache entries). Every write is a temp
 //! file plus rename, so builds in several clones can share one cache folder safely.
 
-use crate::fsutil::quick_write;
 use crate::hash::{self, PathHash};
 use crate::state::{Stat, StatCache};
 use anyhow::{Context, Result, bail};
@@ -253,6 +252,32 @@ impl Cache {
     pub fn run_path(&self, fingerprint: &Digest) -> PathBuf {
         self.dir.join("runs").join(format!("{fingerprint}.json"))
     }
+    /// Where writers put temporary files (named after their pid, swept once it is dead).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// The temp folder, made, with the litter of dead writers gone.
+    pub fn prepare_tmp(&self) -> Result<PathBuf> {
+        let t = self.tmp_dir();
+        std::fs::create_dir_all(&t).with_context(|| format!("cannot create {}", t.display()))?;
+        crate::fsutil::sweep_once(&t);
+        Ok(t)
+    }
+
+    /// Write a cache file (entry, manifest) through the temp folder.
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let t = self.prepare_tmp()?;
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+        }
+        crate::fsutil::quick_write_via(&t, path, bytes)
+    }
+
+    /// Store a folder manifest fetched from a remote (already checked against its digest).
+    pub fn put_tree_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        self.write_file(&self.tree_path(digest), bytes)
+    }
 
     /// Store one workspace file under its digest (no-op when present). Copy-on-write where
     /// the file system allows, else a copy: never a hard link, so editing the workspace
@@ -265,12 +290,21 @@ impl Cache {
         let parent = dest.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
-        let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), unique()));
-        reflink_copy::reflink_or_copy(src, &tmp)
-            .with_context(|| format!("cannot copy {} into the cache", src.display()))?;
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444));
-        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot store {}", dest.display()))?;
-        Ok(())
+        let tmp =
+            self.prepare_tmp()?
+                .join(format!(".tmp-{}{}", crate::fsutil::tmp_tag(), unique()));
+        let result = reflink_copy::reflink_or_copy(src, &tmp)
+            .with_context(|| format!("cannot copy {} into the cache", src.display()))
+            .and_then(|_| {
+                let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444));
+                std::fs::rename(&tmp, &dest)
+                    .with_context(|| format!("cannot store {}", dest.display()))
+            });
+        if result.is_err() {
+            // A full disk must not keep the partial copy.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 
     /// Store a stage's out (file or folder) and describe it for the run cache. A symlink
@@ -313,7 +347,7 @@ impl Cache {
                 let digest = Digest::from(*digest);
                 let tp = self.tree_path(&digest);
                 if !self.restore_only() && !tp.exists() {
-                    quick_write(
+                    self.write_file(
                         &tp,
                         &serde_json::to_vec_pretty(&Tree {
                             version: VERSION,
@@ -349,7 +383,7 @@ impl Cache {
         if self.restore_only() {
             return Ok(());
         }
-        quick_write(&self.run_path(&fp), &serde_json::to_vec_pretty(entry)?)
+        self.write_file(&self.run_path(&fp), &serde_json::to_vec_pretty(entry)?)
             .or_else(|e| self.store_failed(e))
     }
 
@@ -456,7 +490,7 @@ impl Cache {
             for e in &tree.entries {
                 inside(&e.path)?;
             }
-            let tmp_dir = sibling_tmp(&dest);
+            let tmp_dir = restore_tmp(root, &dest)?;
             std::fs::create_dir_all(&tmp_dir)
                 .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
             let result = (|| {
@@ -475,7 +509,7 @@ impl Cache {
                 record_stat(stat, root, &format!("{rel}/{}", e.path), &e.hash);
             }
         } else {
-            let tmp = sibling_tmp(&dest);
+            let tmp = restore_tmp(root, &dest)?;
             if let Err(e) = self
                 .restore_file(&tmp, &out.hash, out.mode, rel)
                 .and_then(|_| crate::fsutil::remove_path(&dest))
@@ -663,12 +697,28 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed) ^ (crate::state::now_ns() as u64)
 }
 
-fn sibling_tmp(dest: &Path) -> PathBuf {
-    let name = dest
+/// Where a restore writes before renaming onto `dest`: `.pipe/tmp/` when it is on the same
+/// file system as `dest` (a sweep finds it there), else beside `dest`. Either name carries
+/// the writer's pid, so the litter of a killed restore is swept once its writer is dead.
+fn restore_tmp(root: &Path, dest: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dest.parent().unwrap_or(root);
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = format!("restore-{}{}", crate::fsutil::tmp_tag(), unique());
+    let tmp = root.join(".pipe").join("tmp");
+    if std::fs::create_dir_all(&tmp).is_ok() {
+        crate::fsutil::sweep_once(&tmp);
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        if dev(&tmp).is_some() && dev(&tmp) == dev(parent) {
+            return Ok(tmp.join(name));
+        }
+    }
+    let base = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.pipe-restore-{}", unique()))
+    Ok(parent.join(format!(".{base}.pipe-{name}")))
 }
 
 impl Tree {

@@ -195,10 +195,11 @@ impl Remote {
         let dir = dest.parent().unwrap_or(&cache.dir).to_path_buf();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp_dir = cache.prepare_tmp()?;
         let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+            .prefix(&format!(".tmp-{}", crate::fsutil::tmp_tag()))
+            .tempfile_in(&tmp_dir)
+            .with_context(|| format!("cannot create a temporary file in {}", tmp_dir.display()))?;
         let mut hasher = blake3::Hasher::new();
         let mut n = 0u64;
         let mut stream = result.into_stream();
@@ -439,7 +440,7 @@ impl Remote {
                 };
                 let t = Tree::parse(&b, &o.hash)
                     .map_err(|e| anyhow!("remote tree {}: {e:#}", o.hash))?;
-                crate::fsutil::atomic_write(&cache.tree_path(&o.hash), &b)?;
+                cache.put_tree_bytes(&o.hash, &b)?;
                 stats.add(b.len() as u64);
                 t
             };

@@ -296,7 +296,6 @@ impl Mount {
         }
         Some(m)
     }
-    #[allow(dead_code)] // used by the full-disk tests
     fn tmpfs(dst: &Path, size: &str) -> Option<Mount> {
         std::fs::create_dir_all(dst).unwrap();
         let ok = std::process::Command::new("mount")
@@ -347,4 +346,132 @@ fn a_read_only_cache_restores_and_never_fails_a_stage() {
     );
     assert_eq!(ws2.read("a.txt"), "v2\n");
     sane(&pipe_umask(&ws2, "022", &ro, "status")).ok();
+}
+
+// ---------------------------------------------------------------- 3. full disks, kills
+
+/// What pipe tags its temporary files with on this machine: `<pid>.<host id>.`.
+fn tag(pid: u32) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let id = blake3::hash(host.trim().as_bytes()).to_hex()[..8].to_string();
+    format!("{pid}.{id}.")
+}
+
+fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+#[test]
+fn a_full_cache_disk_fails_no_stage_and_leaves_no_partial_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let Some(_m) = Mount::tmpfs(&cache, "1m") else {
+        return;
+    };
+    let ws = Ws::new(
+        r#"
+[stages.big]
+cmd = "head -c 3000000 /dev/zero | tr '\\0' x > big.bin"
+outs = ["big.bin"]
+"#,
+    );
+    let r = pipe_umask(&ws, "022", &cache, "build");
+    sane(&r).ok().err_has("is full");
+    assert_eq!(
+        std::fs::metadata(ws.path("big.bin")).unwrap().len(),
+        3_000_000
+    );
+    let litter: Vec<PathBuf> = walk(&cache)
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 10_000)
+        .collect();
+    assert!(
+        litter.is_empty(),
+        "partial files left in the cache: {litter:?}"
+    );
+    // The cache is not blocked: a small out is stored by the next build.
+    ws.write(
+        "Pipeline.toml",
+        r#"
+[stages.small]
+cmd = "echo small > small.txt"
+outs = ["small.txt"]
+"#,
+    );
+    let r = pipe_umask(&ws, "022", &cache, "build");
+    sane(&r).ok();
+    assert!(!r.stderr.contains("is full"), "{r}");
+    assert_eq!(
+        std::fs::read_dir(cache.join("runs")).unwrap().count(),
+        1,
+        "the small stage's run entry was not stored"
+    );
+}
+
+/// Plant the litter a killed pipe leaves: restores in `.pipe/tmp`, objects in the cache.
+fn plant_litter(ws: &Ws, dead: u32) -> Vec<PathBuf> {
+    let t = tag(dead);
+    let files = [
+        format!(".pipe/tmp/restore-{t}1"),
+        format!(".pipe/tmp/restore-{t}2/sub/x"),
+        format!(".pipe/tmp/.pipe-tmp-{t}abc"),
+        format!(".pipe/cache/tmp/.tmp-{t}3"),
+    ];
+    for f in &files {
+        ws.write(f, &"x".repeat(100_000));
+    }
+    files.iter().map(|f| ws.path(f)).collect()
+}
+
+#[test]
+fn gc_and_the_next_build_sweep_temp_files_of_dead_writers_and_keep_live_ones() {
+    let ws = Ws::new(COPY);
+    ws.write("in.txt", "v1\n");
+    ws.pipe(&["build"]).ok();
+    let me = tag(std::process::id());
+    let live = [
+        ws.path(&format!(".pipe/tmp/restore-{me}9")),
+        ws.path(&format!(".pipe/cache/tmp/.tmp-{me}9")),
+    ];
+    for l in &live {
+        std::fs::write(l, "live").unwrap();
+    }
+    let dead = plant_litter(&ws, dead_pid());
+    sane(&ws.pipe(&["gc"])).ok();
+    for d in &dead {
+        assert!(!d.exists(), "gc left {}", d.display());
+    }
+    for l in &live {
+        assert!(l.exists(), "gc removed a live writer's {}", l.display());
+    }
+    // The next build sweeps too (it stores into the cache and writes the lock).
+    let dead = plant_litter(&ws, dead_pid());
+    ws.write("in.txt", "v2\n");
+    sane(&ws.pipe(&["build"])).ok();
+    for d in &dead {
+        assert!(!d.exists(), "build left {}", d.display());
+    }
+    for l in &live {
+        assert!(l.exists(), "build removed a live writer's {}", l.display());
+    }
+    // And nothing of pipe's is ever left in the workspace root.
+    let mut names: Vec<String> = std::fs::read_dir(ws.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".pipe",
+            "Pipeline.lock",
+            "Pipeline.toml",
+            "a.txt",
+            "in.txt",
+            "runs_a.txt"
+        ]
+    );
 }

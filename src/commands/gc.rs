@@ -62,6 +62,20 @@ fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// A temporary file in the cache's folders: litter when its writer is known dead; one
+/// without a writer tag (older pipe versions) or from another machine only once it is a
+/// day old; a live writer's never.
+fn stale_tmp(path: &Path, name: &str) -> bool {
+    use crate::fsutil::TmpWriter;
+    match crate::fsutil::tmp_writer(name) {
+        TmpWriter::Dead => true,
+        TmpWriter::Alive => false,
+        TmpWriter::Unknown => std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 24 * 3600)),
+    }
+}
+
 pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
     let p = ctx.load(&[])?;
     let cache = Cache::new(&p.layout.cache);
@@ -128,6 +142,13 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
 
     let mut removed = 0usize;
     let mut bytes = 0u64;
+    // Temporary files whose writer is dead (a kill, a full disk): in the cache's and the
+    // workspace's temp folders. A live writer's are kept, however old.
+    for dir in [cache.tmp_dir(), p.layout.tmp()] {
+        let (n, b) = crate::fsutil::sweep_tmp(&dir, a.dry_run);
+        removed += n;
+        bytes += b;
+    }
     let mut remove = |path: &Path| {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         if a.dry_run || std::fs::remove_file(path).is_ok() {
@@ -148,24 +169,28 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
             .and_then(|d| d.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        // A temporary file may belong to a build writing right now: only old ones are litter.
-        let stale_tmp = name.starts_with(".tmp-")
-            && std::fs::metadata(&f)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 3600));
-        if stale_tmp
-            || (!name.starts_with(".tmp-") && !keep.objects.contains(&format!("{prefix}{name}")))
-        {
+        if name.starts_with('.') {
+            if stale_tmp(&f, &name) {
+                remove(&f);
+            }
+        } else if !keep.objects.contains(&format!("{prefix}{name}")) {
             remove(&f);
         }
     }
     for (sub, set) in [("trees", &keep.trees), ("runs", &keep.runs)] {
         for f in files_in(&cache.dir.join(sub)) {
-            let stem = f
+            let name = f
                 .file_name()
-                .map(|n| n.to_string_lossy().trim_end_matches(".json").to_string())
+                .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if !set.contains(&stem) {
+            if name.starts_with('.') {
+                if stale_tmp(&f, &name) {
+                    remove(&f);
+                }
+                continue;
+            }
+            let stem = name.trim_end_matches(".json");
+            if !set.contains(stem) {
                 remove(&f);
             }
         }
