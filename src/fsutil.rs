@@ -234,6 +234,69 @@ pub fn normalize_rel(raw: &str) -> std::result::Result<(String, bool), String> {
     Ok((parts.join("/"), is_dir))
 }
 
+/// Folders no cache may live in: the root and the system's own trees.
+const SYSTEM_ROOTS: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+    "/sbin", "/sys", "/usr",
+];
+
+/// Check a `cache_dir` (or `PIPE_CACHE_DIR`): a folder inside the workspace (relative, no
+/// `..`), or an absolute folder that is not `/`, a top-level folder such as `/var` or
+/// `/home`, nor inside a system tree (`/etc`, `/usr`, `/dev`, …).
+pub fn check_cache_dir(raw: &str) -> std::result::Result<(), String> {
+    if raw.contains('\0') {
+        return Err("holds a NUL character".into());
+    }
+    if raw.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if raw.starts_with('~') {
+        return Err(format!(
+            "`{raw}`: `~` is not expanded; write the absolute path"
+        ));
+    }
+    let parts: Vec<&str> = raw
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err(format!(
+            "`{raw}` uses `..`; use a folder inside the workspace or an absolute path"
+        ));
+    }
+    if raw.starts_with('/') {
+        let norm = format!("/{}", parts.join("/"));
+        if parts.len() < 2 {
+            return Err(format!(
+                "`{raw}` is `/` or a top-level system folder; use a folder of its own, e.g. `/srv/pipe-cache`"
+            ));
+        }
+        if let Some(root) = SYSTEM_ROOTS.iter().find(|r| is_within(&norm, r)) {
+            return Err(format!(
+                "`{raw}` is inside the system folder `{root}`; use a folder of its own, e.g. `/srv/pipe-cache`"
+            ));
+        }
+        return Ok(());
+    }
+    if parts.is_empty() {
+        return Err(format!("`{raw}` names the workspace root itself"));
+    }
+    if parts[0] == ".git" {
+        return Err(format!("`{raw}` is inside `.git`"));
+    }
+    Ok(())
+}
+
+/// Check a `runs_dir`: a folder inside the workspace (relative, no `..`, not the root).
+pub fn check_runs_dir(raw: &str) -> std::result::Result<(), String> {
+    if raw.starts_with('/') || raw.starts_with('~') {
+        return Err(format!(
+            "`{raw}` is outside the workspace (write a path relative to the workspace, e.g. `.pipe/runs`)"
+        ));
+    }
+    check_cache_dir(raw)
+}
+
 /// True when `inner` is `outer` or lies inside the folder `outer` (both normalised).
 pub fn is_within(inner: &str, outer: &str) -> bool {
     inner == outer
@@ -407,6 +470,41 @@ mod tests {
         assert!(!tmp_writer_dead(".tmp-0.x.y"));
         assert!(!tmp_writer_dead(".tmp--1.x.y"));
         assert!(!tmp_writer_dead("plain.txt"));
+    }
+
+    #[test]
+    fn cache_and_runs_dirs_stay_out_of_system_folders() {
+        for ok in [
+            ".pipe/cache",
+            "cache",
+            "/srv/pipe-cache",
+            "/var/cache/pipe",
+            "/tmp/x",
+        ] {
+            assert!(check_cache_dir(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/",
+            "//",
+            "/etc",
+            "/usr/lib/x",
+            "/dev/shm/c",
+            "/proc/1",
+            "/var",
+            "/home",
+            "../x",
+            "a/../../x",
+            "",
+            ".",
+            "~/c",
+            "/tmp/../etc",
+        ] {
+            assert!(check_cache_dir(bad).is_err(), "{bad}");
+        }
+        assert!(check_runs_dir(".pipe/runs").is_ok());
+        for bad in ["/tmp/runs", "../runs", ".", ""] {
+            assert!(check_runs_dir(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -475,3 +475,162 @@ fn gc_and_the_next_build_sweep_temp_files_of_dead_writers_and_keep_live_ones() {
         ]
     );
 }
+
+// ---------------------------------------------------------------- 4. values that cannot hurt
+
+/// A stage around one hostile line, the line it is on and what the message must name.
+fn hostile_values() -> Vec<(String, usize, &'static str)> {
+    let stage = |extra: &str| {
+        format!("[stages.s]\ncmd = \"echo hi > o.txt\"\nouts = [\"o.txt\"]\n{extra}\n")
+    };
+    vec![
+        (stage("timeout = \"500000000000y\""), 4, "timeout"),
+        (stage("timeout = \"400days\""), 4, "timeout"),
+        (stage("retry_delay = \"9999999h\""), 4, "retry_delay"),
+        (stage("retries = 4000000000"), 4, "retries"),
+        (
+            format!("[resources]\ngpu = 2147483648\n\n{}", stage("")),
+            2,
+            "gpu",
+        ),
+        (stage("resources = { cpus = 100000 }"), 4, "cpus"),
+        (
+            stage(
+                "matrix = { a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], c = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], d = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11] }",
+            ),
+            4,
+            "10 × 10 × 10 × 11 = 11000",
+        ),
+        (
+            format!("[pipeline]\ncache_dir = \"/\"\n\n{}", stage("")),
+            2,
+            "cache_dir",
+        ),
+        (
+            format!("[pipeline]\ncache_dir = \"/etc/pipe\"\n\n{}", stage("")),
+            2,
+            "/etc",
+        ),
+        (
+            format!("[pipeline]\ncache_dir = \"../elsewhere\"\n\n{}", stage("")),
+            2,
+            "cache_dir",
+        ),
+        (
+            format!("[pipeline]\nruns_dir = \"../x\"\n\n{}", stage("")),
+            2,
+            "runs_dir",
+        ),
+        (
+            format!("[pipeline]\nruns_dir = \"/tmp/runs\"\n\n{}", stage("")),
+            2,
+            "runs_dir",
+        ),
+        (
+            format!("[pipeline]\njobs = 1000000\n\n{}", stage("")),
+            2,
+            "jobs",
+        ),
+        (stage("env = { \"A=B\" = \"x\" }"), 4, "env name"),
+        (stage("env = { \"\" = \"x\" }"), 4, "env name"),
+        (stage("env = { A = \"x\\u0000y\" }"), 4, "NUL"),
+        (
+            format!("{}\n[remote]\nurl = \"ftp://x\"\n", stage("")),
+            7,
+            "url",
+        ),
+        (
+            format!("{}\n[remote]\nurl = \"s3://\"\n", stage("")),
+            7,
+            "no bucket",
+        ),
+        (
+            format!("{}\n[remote]\nurl = \"file://relative/x\"\n", stage("")),
+            7,
+            "absolute",
+        ),
+        (
+            format!("{}\n[remote]\nurl = \"file:///\"\n", stage("")),
+            7,
+            "url",
+        ),
+        (
+            format!("[executor.slurm]\npoll_interval = nan\n\n{}", stage("")),
+            2,
+            "poll_interval",
+        ),
+    ]
+}
+
+#[test]
+fn every_hostile_value_is_refused_with_file_line_and_key() {
+    let before_root: Vec<_> = std::fs::read_dir("/")
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    for (toml, line, key) in hostile_values() {
+        let ws = Ws::new(&toml);
+        for cmd in ["validate", "build"] {
+            let r = ws.pipe(&[cmd]);
+            sane(&r).code(2);
+            assert!(
+                r.stderr.contains(&format!("Pipeline.toml:{line}:")),
+                "no line {line} for {key}:\n{toml}\n{r}"
+            );
+            assert!(
+                r.stderr.contains(key),
+                "no `{key}` in the message:\n{toml}\n{r}"
+            );
+        }
+        assert!(!ws.exists("o.txt"), "a stage ran:\n{toml}");
+    }
+    let after_root: Vec<_> = std::fs::read_dir("/")
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before_root, after_root, "something was written in /");
+}
+
+#[test]
+fn a_huge_matrix_is_refused_at_once() {
+    let ws = Ws::new(
+        r#"
+[stages.s]
+cmd = "echo ${matrix.a}${matrix.b}${matrix.c}"
+matrix = { a = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], b = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], c = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] }
+"#,
+    );
+    sane(&ws.pipe(&["validate"])).ok();
+    let items: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let list = items.join(", ");
+    ws.write(
+        "Pipeline.toml",
+        &format!(
+            "[stages.s]\ncmd = \"echo ${{matrix.a}}\"\nmatrix = {{ a = [{list}], b = [{list}], c = [{list}] }}\n"
+        ),
+    );
+    let t = std::time::Instant::now();
+    let r = ws.pipe(&["validate"]);
+    sane(&r)
+        .code(2)
+        .err_has("1000 × 1000 × 1000 = 1000000000 stages, over the limit of 10000")
+        .err_has("Pipeline.toml:3:");
+    assert!(t.elapsed().as_secs() < 10, "took {:?}", t.elapsed());
+}
+
+#[test]
+fn pipe_cache_dir_set_to_the_root_is_refused() {
+    let ws = Ws::new(COPY);
+    ws.write("in.txt", "v1\n");
+    for dir in ["/", "/usr", "/proc/self"] {
+        let r: Run = ws
+            .cmd(&["build"])
+            .env("PIPE_CACHE_DIR", dir)
+            .output()
+            .unwrap()
+            .into();
+        sane(&r).code(2).err_has("PIPE_CACHE_DIR");
+        assert!(!ws.exists("a.txt"));
+    }
+    assert!(!Path::new("/objects").exists() && !Path::new("/runs").exists());
+}
