@@ -109,6 +109,37 @@ fn a_run_entry_hash_that_is_a_path_is_ignored_and_the_victim_survives() {
 }
 
 #[test]
+fn a_tampered_entry_in_a_file_remote_is_refused_by_a_fresh_clone() {
+    let out = Outside::new();
+    let remote = tempfile::tempdir().unwrap();
+    let pipeline = format!(
+        "{COPY}\n[remote]\nurl = \"file://{}\"\n",
+        remote.path().display()
+    );
+    let ws = Ws::new(&pipeline);
+    ws.write("in.txt", "v1\n");
+    sane(&ws.pipe(&["build", "--push"])).ok();
+    let runs: Vec<PathBuf> = walk(&remote.path().join("runs"));
+    assert_eq!(runs.len(), 1, "nothing pushed");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&runs[0]).unwrap()).unwrap();
+    v["outs"]["a.txt"]["hash"] = format!("xx{}", out.victim().display()).into();
+    std::fs::write(&runs[0], serde_json::to_vec(&v).unwrap()).unwrap();
+    // A fresh clone: the same pipeline and input, no local cache.
+    let clone = Ws::new(&pipeline);
+    clone.write("in.txt", "v1\n");
+    let r = clone.pipe(&["build", "--pull"]);
+    sane(&r).ok().err_has("not a digest");
+    assert_eq!(
+        clone.count("runs_a.txt"),
+        1,
+        "the stage did not run instead"
+    );
+    assert_eq!(clone.read("a.txt"), "v1\n");
+    out.untouched();
+}
+
+#[test]
 fn a_file_added_to_a_cached_tree_is_refused_and_the_stage_runs() {
     let out = Outside::new();
     let ws = Ws::new(FOLDER);
@@ -633,4 +664,153 @@ fn pipe_cache_dir_set_to_the_root_is_refused() {
         assert!(!ws.exists("a.txt"));
     }
     assert!(!Path::new("/objects").exists() && !Path::new("/runs").exists());
+}
+
+// ---------------------------------------------------------------- 5. special files
+
+/// Run pipe, killing it (and failing) if it takes more than `secs`.
+fn pipe_within(ws: &Ws, args: &[&str], secs: u64) -> Run {
+    let mut child = ws
+        .cmd(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap().into();
+        }
+        if start.elapsed().as_secs() > secs {
+            let _ = child.kill();
+            let r: Run = child.wait_with_output().unwrap().into();
+            panic!("pipe {args:?} hung for {secs} s\n{r}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn mkfifo(p: &Path) {
+    let ok = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo failed");
+}
+
+#[test]
+fn a_fifo_dep_is_an_error_naming_it_and_never_hangs() {
+    let ws = Ws::new(
+        r#"
+[stages.s]
+cmd = "echo ran > o.txt"
+deps = ["fifo"]
+outs = ["o.txt"]
+"#,
+    );
+    mkfifo(&ws.path("fifo"));
+    for cmd in ["status", "build"] {
+        let r = pipe_within(&ws, &[cmd], 20);
+        sane(&r).err_has("fifo").err_has("FIFO");
+        assert_ne!(r.code, 0, "{r}");
+    }
+    assert!(!ws.exists("o.txt"), "the stage ran on a FIFO dep");
+}
+
+#[test]
+fn a_fifo_inside_a_folder_dep_or_a_socket_dep_is_an_error_too() {
+    let ws = Ws::new(
+        r#"
+[stages.s]
+cmd = "echo ran > o.txt"
+deps = ["d/"]
+outs = ["o.txt"]
+"#,
+    );
+    ws.write("d/a.txt", "a");
+    mkfifo(&ws.path("d/pipe"));
+    let r = pipe_within(&ws, &["build"], 20);
+    sane(&r).err_has("d/pipe").err_has("FIFO");
+    std::fs::remove_file(ws.path("d/pipe")).unwrap();
+    let _sock = std::os::unix::net::UnixListener::bind(ws.path("d/sock")).unwrap();
+    let r = pipe_within(&ws, &["build"], 20);
+    sane(&r).err_has("d/sock").err_has("socket");
+    assert!(!ws.exists("o.txt"));
+}
+
+#[test]
+fn a_fifo_out_fails_the_stage_naming_it_and_never_hangs() {
+    let ws = Ws::new(
+        r#"
+[stages.s]
+cmd = "mkfifo o"
+outs = ["o"]
+"#,
+    );
+    let r = pipe_within(&ws, &["build"], 20);
+    sane(&r).code(1).err_has("FIFO");
+    let r = pipe_within(&ws, &["status"], 20);
+    sane(&r);
+}
+
+#[test]
+fn a_dep_symlinked_to_dev_zero_is_refused_at_once() {
+    let ws = Ws::new(
+        r#"
+[stages.s]
+cmd = "echo ran > o.txt"
+deps = ["z"]
+outs = ["o.txt"]
+"#,
+    );
+    std::os::unix::fs::symlink("/dev/zero", ws.path("z")).unwrap();
+    let r = pipe_within(&ws, &["build"], 20);
+    sane(&r).err_has("character device");
+    assert_ne!(r.code, 0);
+    assert!(!ws.exists("o.txt"));
+}
+
+#[test]
+fn a_file_that_shrinks_while_it_is_hashed_never_crashes_pipe() {
+    let ws = Ws::new(
+        r#"
+[stages.s]
+cmd = "echo ran > o.txt"
+deps = ["big.bin"]
+outs = ["o.txt"]
+"#,
+    );
+    let big = ws.path("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let stop = stop.clone();
+        let big = big.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+            let mut long = true;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Sparse: shrinking and growing costs no disk bandwidth.
+                f.set_len(if long { 64 << 20 } else { 1 << 20 }).unwrap();
+                long = !long;
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+        })
+    };
+    for _ in 0..15 {
+        // Bypass the stat cache: every status hashes the file again.
+        let _ = std::fs::remove_file(ws.path(".pipe/state/stat.bin"));
+        let r = pipe_within(&ws, &["status"], 60);
+        sane(&r);
+        assert!(
+            r.code == 0 || r.code == 1,
+            "status died (a signal such as SIGBUS gives no exit code)\n{r}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
 }
