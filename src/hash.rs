@@ -80,6 +80,24 @@ pub fn dir_digest(entries: &[Entry]) -> blake3::Hash {
     blake3::hash(&buf)
 }
 
+/// The dep hash of a file named directly as a dep: its content digest when it is not
+/// executable, else blake3 of (content digest, `x`). A folder's digest already covers each
+/// file's executable bit, so `chmod +x` makes a stage stale the same way for a file dep
+/// and for a file inside a folder dep. (Only deps: an out's recorded hash stays the plain
+/// content digest, which is also its cache object's name.)
+pub fn exec_marked(f: FileHash) -> FileHash {
+    if f.mode & 0o111 == 0 {
+        return f;
+    }
+    let mut buf = [0u8; 34];
+    buf[..32].copy_from_slice(f.digest.as_bytes());
+    buf[32..].copy_from_slice(b"x\n");
+    FileHash {
+        digest: blake3::hash(&buf),
+        ..f
+    }
+}
+
 pub struct Hasher<'a> {
     pub root: PathBuf,
     pub stat: &'a StatCache,
@@ -162,10 +180,15 @@ impl<'a> Hasher<'a> {
         }
     }
 
-    /// Hash a dep: a path or a glob (the sorted list of matching files).
+    /// Hash a dep: a path or a glob (the sorted list of matching files). A file named as a
+    /// dep counts its executable bit as a file inside a folder dep does (see
+    /// [`exec_marked`]).
     pub fn dep(&self, dep: &Dep) -> Result<PathHash> {
         match &dep.glob {
-            None => self.path(&dep.path),
+            None => Ok(match self.path(&dep.path)? {
+                PathHash::File(f) => PathHash::File(exec_marked(f)),
+                other => other,
+            }),
             Some(g) => {
                 let base = crate::fsutil::glob_base(&dep.path);
                 let full = if base.is_empty() {

@@ -198,7 +198,7 @@ pub fn judge(
             }
             for key in union(&last.params, &now.params) {
                 let (old, new) = (last.params.get(key), now.params.get(key));
-                if old != new {
+                if !crate::params::same(old, new) {
                     let show = |v: Option<&toml::Value>| {
                         v.map_or_else(|| "unset".to_string(), |v| v.to_string())
                     };

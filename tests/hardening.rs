@@ -814,3 +814,132 @@ outs = ["o.txt"]
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flipper.join().unwrap();
 }
+
+// ---------------------------------------------------------------- 6. messages with places
+
+#[test]
+fn invalid_utf8_in_the_pipeline_names_the_line() {
+    let ws = Ws::new("");
+    std::fs::write(
+        ws.path("Pipeline.toml"),
+        b"[stages.s]\ncmd = \"echo \xff\"\n".as_slice(),
+    )
+    .unwrap();
+    let r = ws.pipe(&["validate"]);
+    sane(&r)
+        .code(2)
+        .err_has("Pipeline.toml:2:")
+        .err_has("UTF-8");
+}
+
+const ONE: &str = r#"
+[stages.s]
+cmd = "echo ran >> runs.txt && echo o > o.txt"
+outs = ["o.txt"]
+"#;
+
+#[test]
+fn every_lock_parse_error_names_the_line() {
+    let ws = Ws::new(ONE);
+    ws.pipe(&["build"]).ok();
+    let good = ws.read("Pipeline.lock");
+    let lines = good.lines().count();
+    let cases = [
+        (format!("{good}\n[stages.x\n"), lines + 2),
+        (good.replacen("fingerprint = ", "fingerprint = 3 #", 1), 0),
+        (format!("{good}\nbogus = \n"), lines + 2),
+    ];
+    for (text, line) in cases {
+        ws.write("Pipeline.lock", &text);
+        for cmd in ["status", "build"] {
+            let r = ws.pipe(&[cmd]);
+            sane(&r).code(2).err_has("Pipeline.lock:");
+            if line > 0 {
+                r.err_has(&format!("Pipeline.lock:{line}:"));
+            }
+        }
+    }
+    std::fs::write(ws.path("Pipeline.lock"), b"version = 1\n\xfe\n".as_slice()).unwrap();
+    sane(&ws.pipe(&["status"]))
+        .code(2)
+        .err_has("Pipeline.lock:2:")
+        .err_has("UTF-8");
+}
+
+#[test]
+fn a_conflict_marker_in_the_lock_says_so_and_how_to_resolve() {
+    let ws = Ws::new(ONE);
+    ws.pipe(&["build"]).ok();
+    let good = ws.read("Pipeline.lock");
+    let (head, tail) = good.split_once("[stages.s]").unwrap();
+    ws.write(
+        "Pipeline.lock",
+        &format!("{head}<<<<<<< HEAD\n[stages.s]{tail}=======\n[stages.s]{tail}>>>>>>> other\n"),
+    );
+    let line = head.lines().count() + 1;
+    let r = ws.pipe(&["status"]);
+    sane(&r)
+        .code(2)
+        .err_has(&format!("Pipeline.lock:{line}: a git conflict marker"))
+        .err_has("--ours")
+        .err_has("delete the lock");
+    // Deleting the lock, as told, works: the out comes back from the cache or the stage runs.
+    std::fs::remove_file(ws.path("Pipeline.lock")).unwrap();
+    sane(&ws.pipe(&["build"])).ok();
+    sane(&ws.pipe(&["status"])).ok();
+}
+
+#[test]
+fn a_nan_param_is_up_to_date_after_a_build() {
+    let ws = Ws::new(
+        r#"
+[params]
+x = nan
+y = [nan, 1.0]
+
+[stages.s]
+cmd = "echo ${params.x} >> runs.txt && echo o > o.txt"
+params = ["x", "y"]
+outs = ["o.txt"]
+"#,
+    );
+    ws.pipe(&["build"]).ok();
+    let r = ws.pipe(&["status"]);
+    sane(&r).ok();
+    assert!(!r.stdout.contains("param changed"), "{r}");
+    ws.pipe(&["build"]).ok();
+    assert_eq!(ws.count("runs.txt"), 1, "the NaN stage ran again");
+}
+
+#[test]
+fn the_executable_bit_counts_for_a_file_dep_as_inside_a_folder_dep() {
+    let ws = Ws::new(
+        r#"
+[stages.file]
+cmd = "echo ran >> runs_file.txt && cp tool.sh f.txt"
+deps = ["tool.sh"]
+outs = ["f.txt"]
+
+[stages.folder]
+cmd = "echo ran >> runs_folder.txt && cp tools/tool.sh g.txt"
+deps = ["tools/"]
+outs = ["g.txt"]
+"#,
+    );
+    ws.write("tool.sh", "#!/bin/sh\n");
+    ws.write("tools/tool.sh", "#!/bin/sh\n");
+    ws.pipe(&["build"]).ok();
+    sane(&ws.pipe(&["status"])).ok();
+    for p in ["tool.sh", "tools/tool.sh"] {
+        std::fs::set_permissions(ws.path(p), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let r = ws.pipe(&["status"]);
+    sane(&r)
+        .code(1)
+        .out_has("dep changed: tool.sh")
+        .out_has("dep changed: tools");
+    ws.pipe(&["build"]).ok();
+    assert_eq!(ws.count("runs_file.txt"), 2);
+    assert_eq!(ws.count("runs_folder.txt"), 2);
+    sane(&ws.pipe(&["status"])).ok();
+}
