@@ -158,7 +158,12 @@ pub fn sweep_tmp(dir: &Path, dry_run: bool) -> (usize, u64) {
     for e in rd.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if !tmp_writer_dead(name) {
+        // Only pipe's own temporary names, so a user's file is never a candidate.
+        let ours = [".tmp-", ".pipe-tmp-", "restore-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || (name.starts_with('.') && name.contains(".pipe-restore-"));
+        if !ours || !tmp_writer_dead(name) {
             continue;
         }
         let size = size_of(&e.path());

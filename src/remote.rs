@@ -253,10 +253,11 @@ impl Remote {
                 .with_context(|| format!("cannot write into {}", dir.display()))?;
         }
         if hasher.finalize().to_hex().as_str() != digest.as_str() {
-            bail!(
-                "remote {}: object {digest} does not match its hash; refused",
+            return Err(Refused(format!(
+                "remote {}: object {digest} does not match its hash",
                 self.url
-            );
+            ))
+            .into());
         }
         tmp.as_file().sync_all().ok();
         let _ = std::fs::set_permissions(
@@ -457,17 +458,37 @@ impl Remote {
             stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(e));
         }
+        match self.fetch_entry_checked(cache, fp, stats).await {
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                // Hostile or damaged content: reported, never used; the stage runs instead.
+                crate::cache::warn_once(
+                    &format!("remote {fp}"),
+                    &format!("{e}; ignoring it (the stage runs instead)"),
+                );
+                Ok(None)
+            }
+            r => r,
+        }
+    }
+
+    async fn fetch_entry_checked(
+        &self,
+        cache: &Cache,
+        fp: &str,
+        stats: &TransferCounters,
+    ) -> Result<Option<RunEntry>> {
         let Ok(digest) = fp.parse::<Digest>() else {
-            bail!(
-                "remote run entry `{}` is not named by a digest; refused",
+            return Err(Refused(format!(
+                "remote run entry `{}` is not named by a digest",
                 fp.escape_debug()
-            )
+            ))
+            .into());
         };
         let Some(bytes) = self.get(&format!("runs/{digest}.json")).await? else {
             return Ok(None);
         };
         let entry = RunEntry::parse(&bytes, &digest)
-            .map_err(|e| anyhow!("remote run entry {fp} is not valid: {e}; refused"))?;
+            .map_err(|e| Refused(format!("remote run entry {fp} is not valid: {e}")))?;
         let mut objects = BTreeSet::new();
         for o in entry.outs.values() {
             if !o.dir {
@@ -481,7 +502,7 @@ impl Remote {
                     bail!("remote cache lacks tree {} of run entry {fp}", o.hash)
                 };
                 let t = Tree::parse(&b, &o.hash)
-                    .map_err(|e| anyhow!("remote tree {}: {e:#}", o.hash))?;
+                    .map_err(|e| Refused(format!("remote tree {}: {e:#}", o.hash)))?;
                 cache.put_tree_bytes(&o.hash, &b)?;
                 stats.add(b.len() as u64);
                 t
@@ -570,6 +591,18 @@ impl Remote {
         })
     }
 }
+
+/// Content from the remote that fails a check (not a digest, a tree or object that does
+/// not match its digest): reported and ignored, never an error that stops a transfer.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Refused {}
 
 #[derive(Default)]
 struct TransferCounters {

@@ -470,11 +470,25 @@ fn gc_and_the_next_build_sweep_temp_files_of_dead_writers_and_keep_live_ones() {
     for l in &live {
         std::fs::write(l, "live").unwrap();
     }
-    let dead = plant_litter(&ws, dead_pid());
+    let mut dead = plant_litter(&ws, dead_pid());
+    // Litter of a lock write before `.pipe/` existed, and of a restore onto another file
+    // system (beside its out); and a user's file that merely looks tagged.
+    let t = tag(dead_pid());
+    for f in [
+        format!(".pipe-tmp-{t}q"),
+        format!(".a.txt.pipe-restore-{t}1"),
+    ] {
+        ws.write(&f, "x");
+        dead.push(ws.path(&f));
+    }
+    let user = format!("report-{t}txt");
+    ws.write(&user, "mine");
     sane(&ws.pipe(&["gc"])).ok();
     for d in &dead {
         assert!(!d.exists(), "gc left {}", d.display());
     }
+    assert_eq!(ws.read(&user), "mine", "gc removed a user's file");
+    std::fs::remove_file(ws.path(&user)).unwrap();
     for l in &live {
         assert!(l.exists(), "gc removed a live writer's {}", l.display());
     }

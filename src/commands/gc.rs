@@ -144,7 +144,27 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
     let mut bytes = 0u64;
     // Temporary files whose writer is dead (a kill, a full disk): in the cache's and the
     // workspace's temp folders. A live writer's are kept, however old.
-    for dir in [cache.tmp_dir(), p.layout.tmp()] {
+    // Also the folders pipe writes records and state into, the workspace root (a lock
+    // written before `.pipe/` existed), and beside each out (a restore onto another file
+    // system writes its temporary copy there).
+    let mut dirs: std::collections::BTreeSet<std::path::PathBuf> = [
+        cache.tmp_dir(),
+        p.layout.tmp(),
+        p.layout.dot.clone(),
+        p.layout.state(),
+        p.layout.releases(),
+        p.root.clone(),
+    ]
+    .into_iter()
+    .collect();
+    for s in &p.stages {
+        for o in &s.outs {
+            if let Some(parent) = p.root.join(&o.path).parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+    }
+    for dir in dirs {
         let (n, b) = crate::fsutil::sweep_tmp(&dir, a.dry_run);
         removed += n;
         bytes += b;
