@@ -182,6 +182,9 @@ pub struct Cache {
     /// Set once a store found the cache read-only or full: from then on this process only
     /// restores from it.
     restore_only: Arc<AtomicBool>,
+    /// Folder outs this process refused to store (a symlink inside leads outside the
+    /// workspace): a run entry naming one is not written, so it is never restored.
+    unstorable: Arc<std::sync::Mutex<std::collections::HashSet<Digest>>>,
 }
 
 /// Why a write into the cache cannot work at all (rather than failed by accident): the
@@ -217,6 +220,7 @@ impl Cache {
         Cache {
             dir: dir.to_path_buf(),
             restore_only: Arc::new(AtomicBool::new(false)),
+            unstorable: Default::default(),
         }
     }
 
@@ -329,7 +333,26 @@ impl Cache {
             }
             PathHash::Dir { digest, entries } => {
                 no_escape(root, rel)?;
-                no_escape_inside(root, rel)?;
+                if let Err(e) = no_escape_inside(root, rel) {
+                    // The stage's result stands; only the cache (and a remote) must never
+                    // hold a copy of a file from outside the workspace.
+                    warn_once(
+                        &format!("unstorable {rel}"),
+                        &format!(
+                            "{e:#}: not storing it in the cache (the stage runs again rather than being restored)"
+                        ),
+                    );
+                    let digest = Digest::from(*digest);
+                    if let Ok(mut set) = self.unstorable.lock() {
+                        set.insert(digest.clone());
+                    }
+                    return Ok(CachedOut {
+                        hash: digest,
+                        size: h.size(),
+                        dir: true,
+                        mode: 0o755,
+                    });
+                }
                 let mut tree = Vec::with_capacity(entries.len());
                 for e in entries {
                     let d = Digest::from(e.hash.digest);
@@ -383,6 +406,13 @@ impl Cache {
         if self.restore_only() {
             return Ok(());
         }
+        let refused = self
+            .unstorable
+            .lock()
+            .is_ok_and(|set| entry.outs.values().any(|o| o.dir && set.contains(&o.hash)));
+        if refused {
+            return Ok(());
+        }
         self.write_file(&self.run_path(&fp), &serde_json::to_vec_pretty(entry)?)
             .or_else(|e| self.store_failed(e))
     }
@@ -410,7 +440,7 @@ impl Cache {
                 warn_once(
                     &path.to_string_lossy(),
                     &format!(
-                        "ignoring run-cache entry {}{}: {why}; the stage will run instead",
+                        "ignoring run-cache entry {}{}: {why}; running it instead",
                         path.display(),
                         stage_of(&bytes)
                             .map(|s| format!(" (stage `{s}`)"))
@@ -674,7 +704,7 @@ fn no_escape_inside(root: &Path, rel: &str) -> Result<()> {
         if !real.as_ref().is_some_and(|r| r.starts_with(&croot)) {
             let inner = e.path().strip_prefix(root).unwrap_or(e.path());
             bail!(
-                "out `{rel}` holds `{}`, a symlink to {} outside the workspace; refusing to store it",
+                "out `{rel}` holds `{}`, a symlink to {} outside the workspace",
                 inner.display(),
                 real.map(|r| r.display().to_string())
                     .unwrap_or_else(|| "nothing".into())
