@@ -23,10 +23,17 @@ pub fn quick_write_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> 
     write_replace(path, bytes, false, Some(tmp_dir))
 }
 
-/// Where the temporary file of a write to `dir` goes: a workspace root's temp files go to
-/// `.pipe/tmp/` (a kill then never leaves one beside `Pipeline.lock`, visible to git);
-/// anything else is written beside its target.
+/// Where the temporary file of a write to `dir` goes: for the workspace root and anything
+/// inside `.pipe/` (records, state, the workspace lock) it is `.pipe/tmp/`, where a kill
+/// never leaves one beside `Pipeline.lock` (visible to git) or in a run folder, and the
+/// next command sweeps it; anything else is written beside its target.
 fn tmp_dir_for(dir: &Path) -> PathBuf {
+    if let Some(dot) = dir
+        .ancestors()
+        .find(|a| a.file_name() == Some(".pipe".as_ref()))
+    {
+        return dot.join("tmp");
+    }
     let dot = dir.join(".pipe");
     if dot.is_dir() {
         dot.join("tmp")

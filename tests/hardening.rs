@@ -503,7 +503,12 @@ fn gc_and_the_next_build_sweep_temp_files_of_dead_writers_and_keep_live_ones() {
     for l in &live {
         assert!(l.exists(), "gc removed a live writer's {}", l.display());
     }
-    // The next build sweeps too (it stores into the cache and writes the lock).
+    // The next build sweeps too, even one with nothing to do.
+    let dead = plant_litter(&ws, dead_pid());
+    sane(&ws.pipe(&["build"])).ok();
+    for d in &dead {
+        assert!(!d.exists(), "a no-op build left {}", d.display());
+    }
     let dead = plant_litter(&ws, dead_pid());
     ws.write("in.txt", "v2\n");
     sane(&ws.pipe(&["build"])).ok();
@@ -967,4 +972,48 @@ outs = ["g.txt"]
     assert_eq!(ws.count("runs_file.txt"), 2);
     assert_eq!(ws.count("runs_folder.txt"), 2);
     sane(&ws.pipe(&["status"])).ok();
+}
+
+#[test]
+fn a_build_killed_during_a_restore_leaves_nothing_after_the_next_build() {
+    let ws = Ws::new(
+        r#"
+[stages.big]
+cmd = "head -c 67108864 /dev/urandom > big.bin && mkdir -p d && head -c 33554432 /dev/urandom > d/x.bin"
+outs = ["big.bin", "d"]
+"#,
+    );
+    ws.pipe(&["build"]).ok();
+    for delay_ms in [5u64, 40, 120] {
+        std::fs::remove_file(ws.path("big.bin")).unwrap();
+        std::fs::remove_dir_all(ws.path("d")).unwrap();
+        let mut child = ws
+            .cmd(&["build"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        sane(&ws.pipe(&["build"])).ok();
+        let litter: Vec<PathBuf> = walk(ws.root())
+            .into_iter()
+            .filter(|p| {
+                let s = p.to_string_lossy();
+                s.contains("pipe-restore")
+                    || s.contains("/.pipe/tmp/")
+                    || s.contains("/.pipe-tmp-")
+                    || s.contains("/cache/tmp/")
+            })
+            .collect();
+        assert!(
+            litter.is_empty(),
+            "after a kill at {delay_ms} ms: {litter:?}"
+        );
+        assert_eq!(
+            std::fs::metadata(ws.path("big.bin")).unwrap().len(),
+            64 << 20
+        );
+    }
 }

@@ -192,6 +192,10 @@ impl<'a> Builder<'a> {
             raw.pipeline.cache_dir.as_deref(),
             raw.pipeline.runs_dir.as_deref(),
         );
+        // Litter of dead writers (a killed restore, a kill during a lock write, a full
+        // disk) goes before anything else: two small folders, usually empty or missing.
+        crate::fsutil::sweep_once(&layout.tmp());
+        crate::fsutil::sweep_once(&layout.cache.join("tmp"));
         Ok(Pipeline {
             file: self.src.path.clone(),
             root: self.root,
