@@ -5,7 +5,6 @@
 //! (folder manifests), `runs/<fingerprint>.json` (run-cache entries). Every write is a temp
 //! file plus rename, so builds in several clones can share one cache folder safely.
 
-use crate::fsutil::quick_write;
 use crate::hash::{self, PathHash};
 use crate::state::{Stat, StatCache};
 use anyhow::{Context, Result, bail};
@@ -13,13 +12,93 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub const VERSION: u32 = 1;
+
+/// A blake3 digest as cache files and remotes write it: exactly 64 lowercase hex
+/// characters. Parsed at the boundary (serde goes through `TryFrom<String>`), so a digest
+/// read from a shared cache or a remote can never be a path such as `xx/tmp/victim`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The two-character fan-out folder and the rest of the name (`objects/ab/cdef…`).
+    fn split(&self) -> (&str, &str) {
+        self.0.split_at(2)
+    }
+    pub fn to_blake3(&self) -> blake3::Hash {
+        // Cannot fail: the text was checked to be 64 hex characters.
+        blake3::Hash::from_hex(&self.0).unwrap_or_else(|_| blake3::hash(b""))
+    }
+    /// Whether `text` is a well-formed digest.
+    pub fn is_valid(text: &str) -> bool {
+        text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Digest, String> {
+        if Digest::is_valid(&s) {
+            Ok(Digest(s))
+        } else {
+            let shown: String = s.chars().take(80).collect();
+            Err(format!(
+                "`{}` is not a digest (64 lowercase hex characters)",
+                shown.escape_debug()
+            ))
+        }
+    }
+}
+
+impl std::str::FromStr for Digest {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Digest, String> {
+        Digest::try_from(s.to_string())
+    }
+}
+
+impl From<Digest> for String {
+    fn from(d: Digest) -> String {
+        d.0
+    }
+}
+
+impl From<blake3::Hash> for Digest {
+    fn from(h: blake3::Hash) -> Digest {
+        Digest(h.to_hex().to_string())
+    }
+}
+
+impl std::ops::Deref for Digest {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Only the permission bits a restore may set: rwx for user, group and others (never
+/// setuid, setgid or sticky), less the process umask.
+pub fn restore_mode(mode: u32) -> u32 {
+    mode & 0o777 & !crate::fsutil::umask()
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TreeEntry {
     pub path: String,
-    pub hash: String,
+    pub hash: Digest,
     pub size: u64,
     pub mode: u32,
 }
@@ -32,7 +111,7 @@ pub struct Tree {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachedOut {
-    pub hash: String,
+    pub hash: Digest,
     pub size: u64,
     #[serde(default)]
     pub dir: bool,
@@ -51,6 +130,19 @@ pub struct RunEntry {
     pub fingerprint: String,
     pub created_at: String,
     pub outs: BTreeMap<String, CachedOut>,
+}
+
+impl CachedOut {
+    /// What the lock knows of an out (no mode: 0644), when no run-cache entry has it.
+    /// `None` when the lock's hash is not a digest.
+    pub fn from_lock(o: &crate::lockfile::OutRecord) -> Option<CachedOut> {
+        Some(CachedOut {
+            hash: o.hash.parse().ok()?,
+            size: o.size,
+            dir: o.dir,
+            mode: 0o644,
+        })
+    }
 }
 
 impl RunEntry {
@@ -87,30 +179,114 @@ impl std::error::Error for Corrupt {}
 #[derive(Debug, Clone)]
 pub struct Cache {
     pub dir: PathBuf,
+    /// Set once a store found the cache read-only or full: from then on this process only
+    /// restores from it.
+    restore_only: Arc<AtomicBool>,
+    /// Folder outs this process refused to store (a symlink inside leads outside the
+    /// workspace): a run entry naming one is not written, so it is never restored.
+    unstorable: Arc<std::sync::Mutex<std::collections::HashSet<Digest>>>,
+}
+
+/// Why a write into the cache cannot work at all (rather than failed by accident): the
+/// cache is read-only (another user's, a read-only mount) or its disk is full.
+fn unwritable(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .find_map(|io| match io.raw_os_error() {
+            Some(libc::EACCES | libc::EPERM | libc::EROFS) => Some("not writable"),
+            Some(libc::ENOSPC | libc::EDQUOT) => Some("full"),
+            _ => None,
+        })
+}
+
+/// Print a warning about the cache once per process (status and build judge a stage more
+/// than once; one word about a hostile entry is enough).
+pub(crate) fn warn_once(key: &str, msg: &str) {
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<std::collections::HashSet<String>>> = Mutex::new(None);
+    let Ok(mut seen) = SEEN.lock() else {
+        return;
+    };
+    if seen
+        .get_or_insert_with(Default::default)
+        .insert(key.to_string())
+    {
+        tracing::warn!("{msg}");
+    }
 }
 
 impl Cache {
     pub fn new(dir: &Path) -> Cache {
         Cache {
             dir: dir.to_path_buf(),
+            restore_only: Arc::new(AtomicBool::new(false)),
+            unstorable: Default::default(),
         }
     }
 
-    pub fn object_path(&self, digest: &str) -> PathBuf {
-        let (a, b) = digest.split_at(2.min(digest.len()));
+    /// Whether this process has stopped storing into the cache (read-only or full).
+    pub fn restore_only(&self) -> bool {
+        self.restore_only.load(Ordering::Relaxed)
+    }
+
+    /// A store that failed because the cache is read-only or full turns the cache into
+    /// "restore only" with one warning; the stage's success stands. Other errors stand.
+    fn store_failed(&self, e: anyhow::Error) -> Result<()> {
+        let Some(why) = unwritable(&e) else {
+            return Err(e);
+        };
+        self.restore_only.store(true, Ordering::Relaxed);
+        warn_once(
+            &format!("unwritable {}", self.dir.display()),
+            &format!(
+                "the cache folder {} is {why}: restoring from it, not storing into it ({e:#})",
+                self.dir.display()
+            ),
+        );
+        Ok(())
+    }
+
+    pub fn object_path(&self, digest: &Digest) -> PathBuf {
+        let (a, b) = digest.split();
         self.dir.join("objects").join(a).join(b)
     }
-    pub fn tree_path(&self, digest: &str) -> PathBuf {
+    pub fn tree_path(&self, digest: &Digest) -> PathBuf {
         self.dir.join("trees").join(format!("{digest}.json"))
     }
-    pub fn run_path(&self, fingerprint: &str) -> PathBuf {
+    pub fn run_path(&self, fingerprint: &Digest) -> PathBuf {
         self.dir.join("runs").join(format!("{fingerprint}.json"))
+    }
+    /// Where writers put temporary files (named after their pid, swept once it is dead).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// The temp folder, made, with the litter of dead writers gone.
+    pub fn prepare_tmp(&self) -> Result<PathBuf> {
+        let t = self.tmp_dir();
+        std::fs::create_dir_all(&t).with_context(|| format!("cannot create {}", t.display()))?;
+        crate::fsutil::sweep_once(&t);
+        Ok(t)
+    }
+
+    /// Write a cache file (entry, manifest) through the temp folder.
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let t = self.prepare_tmp()?;
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+        }
+        crate::fsutil::quick_write_via(&t, path, bytes)
+    }
+
+    /// Store a folder manifest fetched from a remote (already checked against its digest).
+    pub fn put_tree_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        self.write_file(&self.tree_path(digest), bytes)
     }
 
     /// Store one workspace file under its digest (no-op when present). Copy-on-write where
     /// the file system allows, else a copy: never a hard link, so editing the workspace
     /// file can never change the object.
-    pub fn store_file(&self, src: &Path, digest: &str) -> Result<()> {
+    pub fn store_file(&self, src: &Path, digest: &Digest) -> Result<()> {
         let dest = self.object_path(digest);
         if dest.exists() {
             return Ok(());
@@ -118,50 +294,90 @@ impl Cache {
         let parent = dest.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
-        let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), unique()));
-        reflink_copy::reflink_or_copy(src, &tmp)
-            .with_context(|| format!("cannot copy {} into the cache", src.display()))?;
-        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444));
-        std::fs::rename(&tmp, &dest).with_context(|| format!("cannot store {}", dest.display()))?;
-        Ok(())
+        let tmp =
+            self.prepare_tmp()?
+                .join(format!(".tmp-{}{}", crate::fsutil::tmp_tag(), unique()));
+        let result = reflink_copy::reflink_or_copy(src, &tmp)
+            .with_context(|| format!("cannot copy {} into the cache", src.display()))
+            .and_then(|_| {
+                let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444));
+                std::fs::rename(&tmp, &dest)
+                    .with_context(|| format!("cannot store {}", dest.display()))
+            });
+        if result.is_err() {
+            // A full disk must not keep the partial copy.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
     }
 
-    /// Store a stage's out (file or folder) and describe it for the run cache.
+    /// Store a stage's out (file or folder) and describe it for the run cache. A symlink
+    /// inside the out that leads outside the workspace is refused: its target's bytes
+    /// would otherwise go into the cache (and a remote).
     pub fn store_out(&self, root: &Path, rel: &str, h: &PathHash) -> Result<CachedOut> {
         match h {
             PathHash::Missing => bail!("out `{rel}` is missing"),
             PathHash::File(f) => {
-                let digest = f.digest.to_hex().to_string();
-                self.store_file(&root.join(rel), &digest)?;
+                no_escape(root, rel)?;
+                let digest = Digest::from(f.digest);
+                if !self.restore_only() {
+                    self.store_file(&root.join(rel), &digest)
+                        .or_else(|e| self.store_failed(e))?;
+                }
                 Ok(CachedOut {
                     hash: digest,
                     size: f.size,
                     dir: false,
-                    mode: f.mode,
+                    mode: f.mode & 0o777,
                 })
             }
             PathHash::Dir { digest, entries } => {
+                no_escape(root, rel)?;
+                if let Err(e) = no_escape_inside(root, rel) {
+                    // The stage's result stands; only the cache (and a remote) must never
+                    // hold a copy of a file from outside the workspace.
+                    warn_once(
+                        &format!("unstorable {rel}"),
+                        &format!(
+                            "{e:#}: not storing it in the cache (the stage runs again rather than being restored)"
+                        ),
+                    );
+                    let digest = Digest::from(*digest);
+                    if let Ok(mut set) = self.unstorable.lock() {
+                        set.insert(digest.clone());
+                    }
+                    return Ok(CachedOut {
+                        hash: digest,
+                        size: h.size(),
+                        dir: true,
+                        mode: 0o755,
+                    });
+                }
                 let mut tree = Vec::with_capacity(entries.len());
                 for e in entries {
-                    let d = e.hash.digest.to_hex().to_string();
-                    self.store_file(&root.join(rel).join(&e.rel), &d)?;
+                    let d = Digest::from(e.hash.digest);
+                    if !self.restore_only() {
+                        self.store_file(&root.join(rel).join(&e.rel), &d)
+                            .or_else(|e| self.store_failed(e))?;
+                    }
                     tree.push(TreeEntry {
                         path: e.rel.clone(),
                         hash: d,
                         size: e.hash.size,
-                        mode: e.hash.mode,
+                        mode: e.hash.mode & 0o777,
                     });
                 }
-                let digest = digest.to_hex().to_string();
+                let digest = Digest::from(*digest);
                 let tp = self.tree_path(&digest);
-                if !tp.exists() {
-                    quick_write(
+                if !self.restore_only() && !tp.exists() {
+                    self.write_file(
                         &tp,
                         &serde_json::to_vec_pretty(&Tree {
                             version: VERSION,
                             entries: tree,
                         })?,
-                    )?;
+                    )
+                    .or_else(|e| self.store_failed(e))?;
                 }
                 Ok(CachedOut {
                     hash: digest,
@@ -173,38 +389,87 @@ impl Cache {
         }
     }
 
-    pub fn read_tree(&self, digest: &str) -> Result<Tree> {
+    /// Read a folder manifest and check it against its digest: a manifest with a file
+    /// added, removed or changed is refused before anything uses it.
+    pub fn read_tree(&self, digest: &Digest) -> Result<Tree> {
         let p = self.tree_path(digest);
         let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let t: Tree = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not a valid tree", p.display()))?;
-        if t.version != VERSION {
-            bail!("{} has unknown format version {}", p.display(), t.version);
-        }
+        let t = Tree::parse(&bytes, digest).with_context(|| format!("{}", p.display()))?;
         Ok(t)
     }
 
     pub fn put_run(&self, entry: &RunEntry) -> Result<()> {
-        quick_write(
-            &self.run_path(&entry.fingerprint),
-            &serde_json::to_vec_pretty(entry)?,
-        )
+        let fp: Digest = entry
+            .fingerprint
+            .parse()
+            .map_err(|e| anyhow::anyhow!("run-cache entry of `{}`: {e}", entry.stage))?;
+        if self.restore_only() {
+            return Ok(());
+        }
+        let refused = self
+            .unstorable
+            .lock()
+            .is_ok_and(|set| entry.outs.values().any(|o| o.dir && set.contains(&o.hash)));
+        if refused {
+            return Ok(());
+        }
+        self.write_file(&self.run_path(&fp), &serde_json::to_vec_pretty(entry)?)
+            .or_else(|e| self.store_failed(e))
     }
 
+    /// The run-cache entry for a fingerprint. A missing one is `None`; an unreadable or
+    /// hostile one (a hash that is not a digest, an unknown version, another fingerprint)
+    /// is reported once and ignored, so the stage runs.
     pub fn get_run(&self, fingerprint: &str) -> Option<RunEntry> {
-        let bytes = std::fs::read(self.run_path(fingerprint)).ok()?;
-        let e: RunEntry = serde_json::from_slice(&bytes).ok()?;
-        (e.version == VERSION && e.fingerprint == fingerprint).then_some(e)
+        let fp: Digest = fingerprint.parse().ok()?;
+        let path = self.run_path(&fp);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn_once(
+                    &path.to_string_lossy(),
+                    &format!("cannot read run-cache entry {}: {e}", path.display()),
+                );
+                return None;
+            }
+        };
+        match RunEntry::parse(&bytes, &fp) {
+            Ok(e) => Some(e),
+            Err(why) => {
+                warn_once(
+                    &path.to_string_lossy(),
+                    &format!(
+                        "ignoring run-cache entry {}{}: {why}; running it instead",
+                        path.display(),
+                        stage_of(&bytes)
+                            .map(|s| format!(" (stage `{s}`)"))
+                            .unwrap_or_default()
+                    ),
+                );
+                None
+            }
+        }
     }
 
-    /// Whether every object an out needs is present (not verified: that happens on restore).
+    /// Whether every object an out needs is present (not verified: that happens on
+    /// restore). A tree that fails its digest check is reported and counts as absent.
     pub fn has_out(&self, out: &CachedOut) -> bool {
         if !out.dir {
             return self.object_path(&out.hash).exists();
         }
+        if !self.tree_path(&out.hash).exists() {
+            return false;
+        }
         match self.read_tree(&out.hash) {
             Ok(t) => t.entries.iter().all(|e| self.object_path(&e.hash).exists()),
-            Err(_) => false,
+            Err(e) => {
+                warn_once(
+                    &format!("tree {}", out.hash),
+                    &format!("ignoring cached folder: {e:#}"),
+                );
+                false
+            }
         }
     }
 
@@ -212,7 +477,7 @@ impl Cache {
     /// `Corrupt`. Lets a multi-out restore (rollback) check everything before it changes
     /// anything.
     pub fn verify_out(&self, rel: &str, out: &CachedOut) -> Result<()> {
-        let objects: Vec<(String, u64)> = if out.dir {
+        let objects: Vec<(Digest, u64)> = if out.dir {
             let t = self.read_tree(&out.hash)?;
             t.entries.into_iter().map(|e| (e.hash, e.size)).collect()
         } else {
@@ -222,10 +487,10 @@ impl Cache {
             let obj = self.object_path(&digest);
             let actual = hash::hash_file_contents(&obj, size)
                 .with_context(|| format!("cannot read {}", obj.display()))?;
-            if actual.to_hex().as_str() != digest {
+            if actual.to_hex().as_str() != digest.as_str() {
                 let _ = std::fs::remove_file(&obj);
                 return Err(Corrupt {
-                    object: digest,
+                    object: digest.to_string(),
                     out: rel.to_string(),
                 }
                 .into());
@@ -238,7 +503,8 @@ impl Cache {
         entry.outs.values().all(|o| self.has_out(o))
     }
 
-    /// Put one out back into the workspace from the cache, verifying every byte.
+    /// Put one out back into the workspace from the cache, verifying every byte. Never
+    /// writes through a symlink that leads out of the workspace.
     pub fn restore_out(
         &self,
         root: &Path,
@@ -247,13 +513,14 @@ impl Cache {
         stat: &StatCache,
     ) -> Result<()> {
         inside(rel)?;
+        parents_inside(root, rel)?;
         let dest = root.join(rel);
         if out.dir {
             let tree = self.read_tree(&out.hash)?;
             for e in &tree.entries {
                 inside(&e.path)?;
             }
-            let tmp_dir = sibling_tmp(&dest);
+            let tmp_dir = restore_tmp(root, &dest)?;
             std::fs::create_dir_all(&tmp_dir)
                 .with_context(|| format!("cannot create {}", tmp_dir.display()))?;
             let result = (|| {
@@ -272,12 +539,15 @@ impl Cache {
                 record_stat(stat, root, &format!("{rel}/{}", e.path), &e.hash);
             }
         } else {
-            let tmp = sibling_tmp(&dest);
-            self.restore_file(&tmp, &out.hash, out.mode, rel)?;
-            if let Err(e) = crate::fsutil::remove_path(&dest).and_then(|_| {
-                std::fs::rename(&tmp, &dest)
-                    .with_context(|| format!("cannot write {}", dest.display()))
-            }) {
+            let tmp = restore_tmp(root, &dest)?;
+            if let Err(e) = self
+                .restore_file(&tmp, &out.hash, out.mode, rel)
+                .and_then(|_| crate::fsutil::remove_path(&dest))
+                .and_then(|_| {
+                    std::fs::rename(&tmp, &dest)
+                        .with_context(|| format!("cannot write {}", dest.display()))
+                })
+            {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }
@@ -287,12 +557,20 @@ impl Cache {
     }
 
     /// Copy one object to `dest`, hash the copy, and refuse (removing the object) on mismatch.
-    fn restore_file(&self, dest: &Path, digest: &str, mode: u32, out: &str) -> Result<()> {
+    fn restore_file(&self, dest: &Path, digest: &Digest, mode: u32, out: &str) -> Result<()> {
         let obj = self.object_path(digest);
         if let Some(p) = dest.parent() {
             std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
         }
         let _ = std::fs::remove_file(dest);
+        let meta = std::fs::symlink_metadata(&obj)
+            .with_context(|| format!("cannot read cache object {}", obj.display()))?;
+        if !meta.is_file() {
+            bail!(
+                "cache object {} is not a regular file; refusing to restore it",
+                obj.display()
+            );
+        }
         reflink_copy::reflink_or_copy(&obj, dest).with_context(|| {
             format!(
                 "cannot restore {} from cache object {}",
@@ -300,21 +578,28 @@ impl Cache {
                 obj.display()
             )
         })?;
-        let size = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
-        let actual = hash::hash_file_contents(dest, size)
-            .with_context(|| format!("cannot read {}", dest.display()))?;
-        if actual.to_hex().as_str() != digest {
-            let _ = std::fs::remove_file(dest);
-            let _ = std::fs::remove_file(&obj);
-            return Err(Corrupt {
-                object: digest.to_string(),
-                out: out.to_string(),
+        let result = (|| {
+            let size = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+            let actual = hash::hash_file_contents(dest, size)
+                .with_context(|| format!("cannot read {}", dest.display()))?;
+            if actual.to_hex().as_str() != digest.as_str() {
+                let _ = std::fs::remove_file(&obj);
+                return Err(Corrupt {
+                    object: digest.to_string(),
+                    out: out.to_string(),
+                }
+                .into());
             }
-            .into());
+            std::fs::set_permissions(
+                dest,
+                std::fs::Permissions::from_mode(restore_mode(mode) | 0o200),
+            )
+            .with_context(|| format!("cannot set mode of {}", dest.display()))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(dest);
         }
-        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode & 0o7777 | 0o200))
-            .with_context(|| format!("cannot set mode of {}", dest.display()))?;
-        Ok(())
+        result
     }
 
     /// Restore every out of a run-cache entry.
@@ -325,6 +610,30 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+impl RunEntry {
+    /// Parse a run-cache entry read from a cache or remote and check it belongs under `fp`.
+    pub fn parse(bytes: &[u8], fp: &Digest) -> std::result::Result<RunEntry, String> {
+        let e: RunEntry = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if e.version != VERSION {
+            return Err(format!("unknown format version {}", e.version));
+        }
+        if e.fingerprint != fp.as_str() {
+            return Err("its fingerprint does not match its name".into());
+        }
+        for rel in e.outs.keys() {
+            inside(rel).map_err(|e| e.to_string())?;
+        }
+        Ok(e)
+    }
+}
+
+/// The `stage` an entry names, for messages about an entry that does not parse.
+fn stage_of(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let s = v.get("stage")?.as_str()?;
+    Some(s.chars().take(100).collect())
 }
 
 /// A path read from the cache (shared, maybe tampered with) must be plain and relative: no
@@ -338,13 +647,77 @@ fn inside(rel: &str) -> Result<()> {
     }
 }
 
+fn canonical_root(root: &Path) -> PathBuf {
+    root.canonicalize().unwrap_or_else(|_| root.to_path_buf())
+}
+
+/// Every existing parent folder of `rel` must resolve inside the workspace: a symlink
+/// (made by a stage, or planted) that leads outside is never written through.
+fn parents_inside(root: &Path, rel: &str) -> Result<()> {
+    let croot = canonical_root(root);
+    let mut p = root.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        p.push(part);
+        match std::fs::symlink_metadata(&p) {
+            Err(_) => break, // missing: the restore creates real folders from here on
+            Ok(m) if m.file_type().is_symlink() => {
+                let real = p.canonicalize().ok();
+                if !real.as_ref().is_some_and(|r| r.starts_with(&croot)) {
+                    bail!(
+                        "`{}` is a symlink leading outside the workspace ({}); refusing to restore `{rel}` through it",
+                        p.strip_prefix(root).unwrap_or(&p).display(),
+                        real.map(|r| r.display().to_string())
+                            .unwrap_or_else(|| "dangling".into())
+                    );
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// An out that is (or sits under) a symlink leading outside the workspace is refused.
+fn no_escape(root: &Path, rel: &str) -> Result<()> {
+    let full = root.join(rel);
+    if let Ok(real) = full.canonicalize()
+        && !real.starts_with(canonical_root(root))
+    {
+        bail!(
+            "out `{rel}` resolves to {} through a symlink, outside the workspace; refusing to store it",
+            real.display()
+        );
+    }
+    Ok(())
+}
+
+/// No symlink inside the out folder `rel` may lead outside the workspace.
+fn no_escape_inside(root: &Path, rel: &str) -> Result<()> {
+    let croot = canonical_root(root);
+    for e in walkdir::WalkDir::new(root.join(rel)).min_depth(1) {
+        let Ok(e) = e else { continue };
+        if !e.path_is_symlink() {
+            continue;
+        }
+        let real = e.path().canonicalize().ok();
+        if !real.as_ref().is_some_and(|r| r.starts_with(&croot)) {
+            let inner = e.path().strip_prefix(root).unwrap_or(e.path());
+            bail!(
+                "out `{rel}` holds `{}`, a symlink to {} outside the workspace",
+                inner.display(),
+                real.map(|r| r.display().to_string())
+                    .unwrap_or_else(|| "nothing".into())
+            );
+        }
+    }
+    Ok(())
+}
+
 /// After a verified restore, remember the file's stat so the next status does not re-read it.
-fn record_stat(stat: &StatCache, root: &Path, rel: &str, digest: &str) {
-    if let (Ok(m), Ok(h)) = (
-        std::fs::metadata(root.join(rel)),
-        blake3::Hash::from_hex(digest),
-    ) {
-        stat.put(rel, Stat::of(&m), h);
+fn record_stat(stat: &StatCache, root: &Path, rel: &str, digest: &Digest) {
+    if let Ok(m) = std::fs::metadata(root.join(rel)) {
+        stat.put(rel, Stat::of(&m), digest.to_blake3());
     }
 }
 
@@ -354,30 +727,60 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed) ^ (crate::state::now_ns() as u64)
 }
 
-fn sibling_tmp(dest: &Path) -> PathBuf {
-    let name = dest
+/// Where a restore writes before renaming onto `dest`: `.pipe/tmp/` when it is on the same
+/// file system as `dest` (a sweep finds it there), else beside `dest`. Either name carries
+/// the writer's pid, so the litter of a killed restore is swept once its writer is dead.
+fn restore_tmp(root: &Path, dest: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dest.parent().unwrap_or(root);
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = format!("restore-{}{}", crate::fsutil::tmp_tag(), unique());
+    let tmp = root.join(".pipe").join("tmp");
+    if std::fs::create_dir_all(&tmp).is_ok() {
+        crate::fsutil::sweep_once(&tmp);
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        if dev(&tmp).is_some() && dev(&tmp) == dev(parent) {
+            return Ok(tmp.join(name));
+        }
+    }
+    let base = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dest.with_file_name(format!(".{name}.pipe-restore-{}", unique()))
+    Ok(parent.join(format!(".{base}.pipe-{name}")))
 }
 
 impl Tree {
     /// The digest this tree must be stored under (the folder digest of its entries).
-    pub fn digest(&self) -> Option<String> {
-        let mut entries = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
-            let digest = blake3::Hash::from_hex(&e.hash).ok()?;
-            entries.push(hash::Entry {
+    pub fn digest(&self) -> Digest {
+        let entries: Vec<hash::Entry> = self
+            .entries
+            .iter()
+            .map(|e| hash::Entry {
                 rel: e.path.clone(),
                 hash: hash::FileHash {
-                    digest,
+                    digest: e.hash.to_blake3(),
                     size: e.size,
                     mode: e.mode,
                 },
-            });
+            })
+            .collect();
+        Digest::from(hash::dir_digest(&entries))
+    }
+
+    /// Parse a manifest (from the cache or a remote) and check it against `digest`.
+    pub fn parse(bytes: &[u8], digest: &Digest) -> Result<Tree> {
+        let t: Tree = serde_json::from_slice(bytes).context("not a valid tree")?;
+        if t.version != VERSION {
+            bail!("unknown tree format version {}", t.version);
         }
-        Some(hash::dir_digest(&entries).to_hex().to_string())
+        if t.digest() != *digest {
+            bail!(
+                "tree {digest} does not match its digest (a file was added, removed or changed in it); refused"
+            );
+        }
+        Ok(t)
     }
 }
 
@@ -396,5 +799,34 @@ impl Cache {
             })
             .filter_map(|fp| self.get_run(&fp))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_64_lowercase_hex_and_nothing_else() {
+        let good = blake3::hash(b"x").to_hex().to_string();
+        assert_eq!(good.parse::<Digest>().unwrap().to_string(), good);
+        for bad in [
+            "",
+            "xx/tmp/victim",
+            &good[..63],
+            &format!("{good}0"),
+            &good.to_uppercase(),
+            &format!("../{}", &good[3..]),
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad}");
+        }
+        let json = r#"{"hash":"xx/tmp/victim","size":1,"mode":420}"#;
+        assert!(serde_json::from_str::<CachedOut>(json).is_err());
+    }
+
+    #[test]
+    fn restored_modes_keep_only_rwx_bits() {
+        assert_eq!(restore_mode(0o6777) & !0o777, 0);
+        assert_eq!(restore_mode(0o4755) & 0o7000, 0);
     }
 }

@@ -2,29 +2,87 @@
 
 use anyhow::{Context, Result};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Write `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
-/// For records and the lock, which must survive a power cut whole.
+/// Write `bytes` to `path` atomically: temp file, fsync, rename. For records and the lock,
+/// which must survive a power cut whole.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_replace(path, bytes, true)
+    write_replace(path, bytes, true, None)
 }
 
 /// Like [`atomic_write`] without the fsync: readers never see a torn file and `kill -9`
 /// cannot tear it, but a power cut may lose it. For markers and cache entries, whose loss
 /// only costs a rerun.
 pub fn quick_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_replace(path, bytes, false)
+    write_replace(path, bytes, false, None)
 }
 
-fn write_replace(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
+/// [`quick_write`] with the temporary file in `tmp_dir` (same file system as `path`).
+pub fn quick_write_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replace(path, bytes, false, Some(tmp_dir))
+}
+
+/// Where the temporary file of a write to `dir` goes: for the workspace root and anything
+/// inside `.pipe/` (records, state, the workspace lock) it is `.pipe/tmp/`, where a kill
+/// never leaves one beside `Pipeline.lock` (visible to git) or in a run folder, and the
+/// next command sweeps it; anything else is written beside its target.
+fn tmp_dir_for(dir: &Path) -> PathBuf {
+    if let Some(dot) = dir
+        .ancestors()
+        .find(|a| a.file_name() == Some(".pipe".as_ref()))
+    {
+        return dot.join("tmp");
+    }
+    let dot = dir.join(".pipe");
+    if dot.is_dir() {
+        dot.join("tmp")
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+fn write_replace(path: &Path, bytes: &[u8], sync: bool, tmp_dir: Option<&Path>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    let tmp_dir = tmp_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| tmp_dir_for(dir));
+    if tmp_dir != dir {
+        if std::fs::create_dir_all(&tmp_dir).is_err() {
+            return write_in(dir, path, bytes, sync);
+        }
+        sweep_once(&tmp_dir);
+        return match write_in(&tmp_dir, path, bytes, sync) {
+            // Another file system (a mounted `.pipe`): write beside the target instead.
+            Err(e) if is_errno(&e, libc::EXDEV) => write_in(dir, path, bytes, sync),
+            r => r,
+        };
+    }
+    write_in(dir, path, bytes, sync)
+}
+
+fn is_errno(e: &anyhow::Error, errno: i32) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.raw_os_error() == Some(errno))
+}
+
+fn write_in(tmp_dir: &Path, path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     let mut tmp = tempfile::Builder::new()
-        .prefix(".pipe-tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+        .prefix(&format!(".pipe-tmp-{}", tmp_tag()))
+        .tempfile_in(tmp_dir)
+        .with_context(|| format!("cannot create a temporary file in {}", tmp_dir.display()))?;
+    // A file pipe rewrites keeps the mode it has; a new one follows the umask (a temporary
+    // file is 0600, which would hide a shared cache's entries from the rest of a team).
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(_) => 0o666 & !umask(),
+    };
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
     tmp.write_all(bytes)
         .and_then(|_| {
             if sync {
@@ -34,10 +92,121 @@ fn write_replace(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
             }
         })
         .with_context(|| format!("cannot write {}", path.display()))?;
+    // On error the temporary file is removed when `tmp` drops.
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
+}
+
+/// A short id of this machine, so a sweeper never judges another host's process ids.
+fn host_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = gethostname::gethostname();
+        blake3::hash(host.as_encoded_bytes()).to_hex()[..8].to_string()
+    })
+}
+
+/// `<pid>.<host>.`: what every temporary file pipe creates carries after its prefix, so a
+/// later sweep can tell that its writer is dead (not merely old).
+pub fn tmp_tag() -> String {
+    format!("{}.{}.", std::process::id(), host_id())
+}
+
+/// What is known of the process that wrote a temporary file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmpWriter {
+    /// A process of this machine that no longer exists.
+    Dead,
+    /// A live process of this machine (perhaps writing right now).
+    Alive,
+    /// No writer tag, or another machine's.
+    Unknown,
+}
+
+/// The writer of the temporary file `name`: its tag (`<pid>.<host>.`) follows a `-`.
+pub fn tmp_writer(name: &str) -> TmpWriter {
+    let tag = name.match_indices('-').find_map(|(i, _)| {
+        let mut parts = name[i + 1..].splitn(3, '.');
+        let pid = parts.next()?.parse::<i32>().ok()?;
+        let host = parts.next()?;
+        parts.next()?;
+        (host.len() == 8).then_some((pid, host))
+    });
+    let Some((pid, host)) = tag else {
+        return TmpWriter::Unknown;
+    };
+    if pid <= 1 || host != host_id() {
+        return TmpWriter::Unknown;
+    }
+    // SAFETY: signal 0 only checks whether the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    if r == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        TmpWriter::Dead
+    } else {
+        TmpWriter::Alive
+    }
+}
+
+/// Whether the temporary file `name` was made by a process of this machine that no
+/// longer exists.
+pub fn tmp_writer_dead(name: &str) -> bool {
+    tmp_writer(name) == TmpWriter::Dead
+}
+
+/// Remove the entries of `dir` (files or folders) whose writer is dead. Returns how many
+/// and how many bytes.
+pub fn sweep_tmp(dir: &Path, dry_run: bool) -> (usize, u64) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let (mut n, mut bytes) = (0, 0);
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // Only pipe's own temporary names, so a user's file is never a candidate.
+        let ours = [".tmp-", ".pipe-tmp-", "restore-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || (name.starts_with('.') && name.contains(".pipe-restore-"));
+        if !ours || !tmp_writer_dead(name) {
+            continue;
+        }
+        let size = size_of(&e.path());
+        if dry_run || remove_path(&e.path()).is_ok() {
+            tracing::debug!(file = %e.path().display(), "removed a temporary file of a dead process");
+            n += 1;
+            bytes += size;
+        }
+    }
+    (n, bytes)
+}
+
+fn size_of(p: &Path) -> u64 {
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// [`sweep_tmp`] once per process and folder: before the first write into a temp folder.
+pub fn sweep_once(dir: &Path) {
+    use std::sync::Mutex;
+    static DONE: Mutex<Option<std::collections::HashSet<PathBuf>>> = Mutex::new(None);
+    let first = DONE
+        .lock()
+        .map(|mut d| {
+            d.get_or_insert_with(Default::default)
+                .insert(dir.to_path_buf())
+        })
+        .unwrap_or(false);
+    if first {
+        sweep_tmp(dir, false);
+    }
 }
 
 /// Normalise a workspace-relative path as written by a user: strips `./`, doubled and
@@ -75,6 +244,69 @@ pub fn normalize_rel(raw: &str) -> std::result::Result<(String, bool), String> {
         ));
     }
     Ok((parts.join("/"), is_dir))
+}
+
+/// Folders no cache may live in: the root and the system's own trees.
+const SYSTEM_ROOTS: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+    "/sbin", "/sys", "/usr",
+];
+
+/// Check a `cache_dir` (or `PIPE_CACHE_DIR`): a folder inside the workspace (relative, no
+/// `..`), or an absolute folder that is not `/`, a top-level folder such as `/var` or
+/// `/home`, nor inside a system tree (`/etc`, `/usr`, `/dev`, …).
+pub fn check_cache_dir(raw: &str) -> std::result::Result<(), String> {
+    if raw.contains('\0') {
+        return Err("holds a NUL character".into());
+    }
+    if raw.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if raw.starts_with('~') {
+        return Err(format!(
+            "`{raw}`: `~` is not expanded; write the absolute path"
+        ));
+    }
+    let parts: Vec<&str> = raw
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err(format!(
+            "`{raw}` uses `..`; use a folder inside the workspace or an absolute path"
+        ));
+    }
+    if raw.starts_with('/') {
+        let norm = format!("/{}", parts.join("/"));
+        if parts.len() < 2 {
+            return Err(format!(
+                "`{raw}` is `/` or a top-level system folder; use a folder of its own, e.g. `/srv/pipe-cache`"
+            ));
+        }
+        if let Some(root) = SYSTEM_ROOTS.iter().find(|r| is_within(&norm, r)) {
+            return Err(format!(
+                "`{raw}` is inside the system folder `{root}`; use a folder of its own, e.g. `/srv/pipe-cache`"
+            ));
+        }
+        return Ok(());
+    }
+    if parts.is_empty() {
+        return Err(format!("`{raw}` names the workspace root itself"));
+    }
+    if parts[0] == ".git" {
+        return Err(format!("`{raw}` is inside `.git`"));
+    }
+    Ok(())
+}
+
+/// Check a `runs_dir`: a folder inside the workspace (relative, no `..`, not the root).
+pub fn check_runs_dir(raw: &str) -> std::result::Result<(), String> {
+    if raw.starts_with('/') || raw.starts_with('~') {
+        return Err(format!(
+            "`{raw}` is outside the workspace (write a path relative to the workspace, e.g. `.pipe/runs`)"
+        ));
+    }
+    check_cache_dir(raw)
 }
 
 /// True when `inner` is `outer` or lies inside the folder `outer` (both normalised).
@@ -185,6 +417,10 @@ impl Layout {
     pub fn releases(&self) -> PathBuf {
         self.dot.join("releases")
     }
+    /// Temporary files of restores and root-level writes (swept when their writer is dead).
+    pub fn tmp(&self) -> PathBuf {
+        self.dot.join("tmp")
+    }
     pub fn lockfile(&self) -> PathBuf {
         self.lock.clone()
     }
@@ -242,6 +478,28 @@ pub fn remove_path(path: &Path) -> Result<()> {
     }
 }
 
+/// The process umask (read once: from /proc where available, else by setting and
+/// restoring it before any other thread creates files).
+pub fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        if let Ok(s) = std::fs::read_to_string("/proc/self/status")
+            && let Some(v) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        {
+            return v & 0o777;
+        }
+        // SAFETY: umask only swaps the process mask; it is put back at once.
+        unsafe {
+            let old = libc::umask(0o022);
+            libc::umask(old);
+            old as u32 & 0o777
+        }
+    })
+}
+
 /// Now, as RFC 3339 UTC with second precision.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
@@ -261,6 +519,60 @@ mod tests {
         assert!(normalize_rel("/etc/passwd").is_err());
         assert!(normalize_rel("a/../../b").is_err());
         assert!(normalize_rel(".pipe/cache").is_err());
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_recognised() {
+        let me = format!(".tmp-{}x", tmp_tag());
+        assert!(!tmp_writer_dead(&me), "a live writer is dead?");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let dead = format!(".pipe-tmp-{pid}.{}.abc", host_id());
+        assert!(tmp_writer_dead(&dead), "{dead}");
+        assert!(tmp_writer_dead(&format!("restore-{pid}.{}.7", host_id())));
+        assert!(
+            !tmp_writer_dead(&format!(".tmp-{pid}.0badbeef.7")),
+            "other host"
+        );
+        assert!(!tmp_writer_dead(".tmp-0.x.y"));
+        assert!(!tmp_writer_dead(".tmp--1.x.y"));
+        assert!(!tmp_writer_dead("plain.txt"));
+    }
+
+    #[test]
+    fn cache_and_runs_dirs_stay_out_of_system_folders() {
+        for ok in [
+            ".pipe/cache",
+            "cache",
+            "/srv/pipe-cache",
+            "/var/cache/pipe",
+            "/tmp/x",
+        ] {
+            assert!(check_cache_dir(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/",
+            "//",
+            "/etc",
+            "/usr/lib/x",
+            "/dev/shm/c",
+            "/proc/1",
+            "/var",
+            "/home",
+            "../x",
+            "a/../../x",
+            "",
+            ".",
+            "~/c",
+            "/tmp/../etc",
+        ] {
+            assert!(check_cache_dir(bad).is_err(), "{bad}");
+        }
+        assert!(check_runs_dir(".pipe/runs").is_ok());
+        for bad in ["/tmp/runs", "../runs", ".", ""] {
+            assert!(check_runs_dir(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

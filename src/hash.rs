@@ -1,5 +1,8 @@
 //! Content hashes of files, folders and globs: blake3, parallel over files (rayon), big
-//! files with blake3's multi-threaded mmap mode, unchanged files answered by the stat cache.
+//! files read in large blocks hashed on all cores, unchanged files answered by the stat
+//! cache. Files are read, never memory-mapped: a file that shrinks while it is hashed
+//! would kill an mmap reader with SIGBUS. Only regular files and folders are hashed; a
+//! FIFO, socket or device is an error naming it (it is never opened for reading).
 
 use crate::graph::Dep;
 use crate::state::{Stat, StatCache};
@@ -10,8 +13,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Files at least this big are hashed with blake3's multi-threaded mmap mode.
+/// Files at least this big are hashed block by block on all cores.
 const BIG_FILE: u64 = 16 << 20;
+/// The block a big file is read in (big enough for blake3's parallel mode to pay off).
+const BLOCK: usize = 8 << 20;
+/// How often a file that changes while it is hashed is hashed again before giving up.
+const TRIES: usize = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileHash {
@@ -73,6 +80,24 @@ pub fn dir_digest(entries: &[Entry]) -> blake3::Hash {
     blake3::hash(&buf)
 }
 
+/// The dep hash of a file named directly as a dep: its content digest when it is not
+/// executable, else blake3 of (content digest, `x`). A folder's digest already covers each
+/// file's executable bit, so `chmod +x` makes a stage stale the same way for a file dep
+/// and for a file inside a folder dep. (Only deps: an out's recorded hash stays the plain
+/// content digest, which is also its cache object's name.)
+pub fn exec_marked(f: FileHash) -> FileHash {
+    if f.mode & 0o111 == 0 {
+        return f;
+    }
+    let mut buf = [0u8; 34];
+    buf[..32].copy_from_slice(f.digest.as_bytes());
+    buf[32..].copy_from_slice(b"x\n");
+    FileHash {
+        digest: blake3::hash(&buf),
+        ..f
+    }
+}
+
 pub struct Hasher<'a> {
     pub root: PathBuf,
     pub stat: &'a StatCache,
@@ -105,22 +130,33 @@ impl<'a> Hasher<'a> {
             });
         }
         let path = self.root.join(rel);
-        let digest = hash_file_contents(&path, stat.size)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        self.files_read.fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(file = %rel, size = stat.size, "hashed (stat cache miss)");
-        self.bytes_read.fetch_add(stat.size, Ordering::Relaxed);
-        // Re-stat: a file changed while we read it must not be cached under the old stat.
-        if let Ok(after) = std::fs::metadata(&path)
-            && Stat::of(&after) == stat
-        {
-            self.stat.put(rel, stat, digest);
+        let mut stat = stat;
+        for _ in 0..TRIES {
+            let digest = hash_file_contents(&path, stat.size)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            self.files_read.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(file = %rel, size = stat.size, "hashed (stat cache miss)");
+            self.bytes_read.fetch_add(stat.size, Ordering::Relaxed);
+            // Re-stat: a file that changed while we read it is hashed again (its digest
+            // would belong to no version of it) and never cached under the old stat.
+            let after = std::fs::metadata(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            check_kind(&path, &after)?;
+            let after = Stat::of(&after);
+            if after == stat {
+                self.stat.put(rel, stat, digest);
+                return Ok(FileHash {
+                    digest,
+                    size: stat.size,
+                    mode: stat.mode,
+                });
+            }
+            stat = after;
         }
-        Ok(FileHash {
-            digest,
-            size: stat.size,
-            mode: stat.mode,
-        })
+        anyhow::bail!(
+            "{} changed while it was hashed ({TRIES} times); is something still writing it?",
+            path.display()
+        )
     }
 
     /// Hash a workspace-relative path: a file, a folder (recursively) or nothing.
@@ -131,6 +167,7 @@ impl<'a> Hasher<'a> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PathHash::Missing),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
         };
+        check_kind(&full, &meta)?;
         if meta.is_dir() {
             let files = self.walk(rel, None)?;
             self.files(files, rel)
@@ -143,10 +180,15 @@ impl<'a> Hasher<'a> {
         }
     }
 
-    /// Hash a dep: a path or a glob (the sorted list of matching files).
+    /// Hash a dep: a path or a glob (the sorted list of matching files). A file named as a
+    /// dep counts its executable bit as a file inside a folder dep does (see
+    /// [`exec_marked`]).
     pub fn dep(&self, dep: &Dep) -> Result<PathHash> {
         match &dep.glob {
-            None => self.path(&dep.path),
+            None => Ok(match self.path(&dep.path)? {
+                PathHash::File(f) => PathHash::File(exec_marked(f)),
+                other => other,
+            }),
             Some(g) => {
                 let base = crate::fsutil::glob_base(&dep.path);
                 let full = if base.is_empty() {
@@ -218,6 +260,9 @@ impl<'a> Hasher<'a> {
                 entry.metadata()
             }
             .with_context(|| format!("cannot read {}", entry.path().display()))?;
+            if glob.is_none_or(|g| g.is_match(&rel)) {
+                check_kind(&entry.path(), &meta)?;
+            }
             if meta.is_dir() {
                 let id = (meta.dev(), meta.ino());
                 if ft.is_symlink() && ancestors.contains(&id) {
@@ -277,14 +322,93 @@ impl<'a> Hasher<'a> {
     }
 }
 
-/// blake3 of a file's bytes; big files through mmap on all cores.
-pub fn hash_file_contents(path: &Path, size: u64) -> std::io::Result<blake3::Hash> {
-    if size >= BIG_FILE {
-        let mut h = blake3::Hasher::new();
-        h.update_mmap_rayon(path)?;
-        return Ok(h.finalize());
+/// Fill `buf` from `f` as far as the file goes; returns how much was read.
+fn fill(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    let mut f = std::fs::File::open(path)?;
+    Ok(n)
+}
+
+/// Hash a big file: one thread reads blocks while the caller hashes the previous block on
+/// all cores (reading and hashing overlap; two blocks in memory at most).
+fn hash_big(mut f: std::fs::File) -> std::io::Result<blake3::Hash> {
+    use std::sync::mpsc;
+    let (full_tx, full_rx) = mpsc::sync_channel::<std::io::Result<(Vec<u8>, usize)>>(1);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    empty_tx.send(vec![0u8; BLOCK]).ok();
+    empty_tx.send(vec![0u8; BLOCK]).ok();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Ok(mut buf) = empty_rx.recv() {
+                let r = fill(&mut f, &mut buf);
+                let end = !matches!(r, Ok(n) if n == BLOCK);
+                if full_tx.send(r.map(|n| (buf, n))).is_err() || end {
+                    break;
+                }
+            }
+        });
+        // Owned here, so an early return drops both ends and the reader stops.
+        let (full_rx, empty_tx) = (full_rx, empty_tx);
+        let mut h = blake3::Hasher::new();
+        while let Ok(r) = full_rx.recv() {
+            let (buf, n) = r?;
+            h.update_rayon(&buf[..n]);
+            if n < BLOCK {
+                break;
+            }
+            // The reader may have stopped (end of file): then this send just fails.
+            let _ = empty_tx.send(buf);
+        }
+        Ok(h.finalize())
+    })
+}
+
+/// Only regular files and folders can be deps or outs: reading a FIFO blocks forever, a
+/// device (`/dev/zero`) never ends.
+fn check_kind(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    let kind = if ft.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        return Ok(());
+    };
+    anyhow::bail!(
+        "{} is {kind}, not a file or folder; pipe only hashes regular files and folders (it never reads special files)",
+        path.display()
+    )
+}
+
+/// blake3 of a file's bytes, read (never memory-mapped); big files in blocks hashed on all
+/// cores. The file is opened without blocking and must be a regular file once open.
+pub fn hash_file_contents(path: &Path, size: u64) -> std::io::Result<blake3::Hash> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if size >= BIG_FILE {
+        return hash_big(f);
+    }
     let mut buf = Vec::with_capacity(size as usize + 1);
     f.read_to_end(&mut buf)?;
     Ok(blake3::hash(&buf))
@@ -343,6 +467,40 @@ mod tests {
             names(&h.dep(&g).unwrap()),
             ["d/a.txt", "d/a/z.txt", "d/b.txt"]
         );
+    }
+
+    #[test]
+    fn big_files_hash_the_same_as_in_one_piece() {
+        let dir = tempfile::tempdir().unwrap();
+        for size in [BIG_FILE as usize, 2 * BLOCK + 7, 3 * BLOCK] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let p = dir.path().join("big");
+            std::fs::write(&p, &bytes).unwrap();
+            let h = hash_file_contents(&p, size as u64).unwrap();
+            assert_eq!(h, blake3::hash(&bytes), "size {size}");
+        }
+    }
+
+    #[test]
+    fn special_files_are_refused_without_being_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let fifo = root.join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::os::unix::fs::symlink("/dev/null", root.join("null")).unwrap();
+        let stat = StatCache::default();
+        let h = Hasher::new(root, &stat);
+        let e = h.path("fifo").unwrap_err();
+        assert!(format!("{e:#}").contains("FIFO"), "{e:#}");
+        let e = h.path("null").unwrap_err();
+        assert!(format!("{e:#}").contains("character device"), "{e:#}");
+        assert!(hash_file_contents(&fifo, 0).is_err());
     }
 
     #[test]

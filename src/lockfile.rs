@@ -49,29 +49,47 @@ struct Raw {
 
 impl LockFile {
     pub fn load(path: &Path) -> Result<LockFile> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                return Err(crate::error::invalid(format!(
-                    "{}: not a valid lock file: {e}",
-                    path.display()
-                )));
-            }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        Self::parse(&text).map_err(|e| crate::error::invalid(format!("{}: {e}", path.display())))
+        let display = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let text = crate::source::utf8(&display, bytes).map_err(crate::error::invalid)?;
+        Self::parse(&text).map_err(|e| crate::error::invalid(format!("{display}:{e}")))
     }
 
+    /// Parse the lock's text. An error starts with `LINE:COL: ` (or `LINE: `) so the
+    /// caller can put the file name in front.
     pub fn parse(text: &str) -> std::result::Result<LockFile, String> {
-        let raw: Raw =
-            toml::from_str(text).map_err(|e| format!("not a valid lock file: {}", e.message()))?;
+        if let Some((line, marker)) = conflict_marker(text) {
+            return Err(format!(
+                "{line}: a git conflict marker (`{marker}`): a merge left both sides of Pipeline.lock in it.\n  \
+                 help: take either side (`git checkout --ours Pipeline.lock` or `git checkout --theirs Pipeline.lock`) \
+                 and run `pipe status`: stages whose inputs differ from the side taken are shown stale and rebuilt \
+                 (or restored from the cache); or delete the lock and run `pipe build`"
+            ));
+        }
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|s| crate::source::line_col_bytes(text.as_bytes(), s.start))
+                .unwrap_or((1, 1));
+            format!(
+                "{line}:{col}: not a valid lock file: {}; fix it, or delete it and run `pipe build`",
+                e.message().trim()
+            )
+        })?;
         match raw.version {
             Some(VERSION) => Ok(LockFile { stages: raw.stages }),
             Some(v) => Err(format!(
-                "lock file format version {v} is not supported by this pipe (it reads version {VERSION}); upgrade pipe"
+                "{}: lock file format version {v} is not supported by this pipe (it reads version {VERSION}); upgrade pipe",
+                line_of(text, "version")
             )),
-            None => Err("lock file has no `version`; delete it to start afresh".into()),
+            None => Err("1: lock file has no `version`; delete it to start afresh".into()),
         }
     }
 
@@ -97,6 +115,27 @@ impl LockFile {
         }
         out
     }
+}
+
+/// The first line that is a git conflict marker, with the marker.
+fn conflict_marker(text: &str) -> Option<(usize, &'static str)> {
+    text.lines().enumerate().find_map(|(i, l)| {
+        ["<<<<<<<", "=======", ">>>>>>>", "|||||||"]
+            .into_iter()
+            .find(|m| l.starts_with(m) && (l.len() == m.len() || l.as_bytes()[m.len()] == b' '))
+            .map(|m| (i + 1, m))
+    })
+}
+
+/// The line on which a top-level key is set (1 when it cannot be found).
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map_or(1, |i| i + 1)
 }
 
 /// Rendered `[stages.NAME]` sections by stage, with the entry each was rendered from.
@@ -227,6 +266,28 @@ mod tests {
         assert!(text.find("[stages.a]").unwrap() < text.find("[stages.b]").unwrap());
         assert_eq!(LockFile::parse(&text).unwrap(), lf);
         assert_eq!(LockFile::parse(&text).unwrap().render(), text);
+    }
+
+    #[test]
+    fn every_parse_error_names_a_line() {
+        let e = LockFile::parse("version = 1\n\n[stages.a]\nfingerprint = 3\n").unwrap_err();
+        assert!(e.starts_with("4:"), "{e}");
+        let e = LockFile::parse("version = 1\n[stages.a\n").unwrap_err();
+        assert!(e.starts_with("2:"), "{e}");
+        let e = LockFile::parse(
+            "version = 1\n<<<<<<< HEAD\n[stages.a]\n=======\n[stages.b]\n>>>>>>> x\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("2: a git conflict marker (`<<<<<<<`)"), "{e}");
+        assert!(
+            e.contains("--theirs") && e.contains("delete the lock"),
+            "{e}"
+        );
+        assert!(
+            LockFile::parse("version = 2\n")
+                .unwrap_err()
+                .starts_with("1:")
+        );
     }
 
     #[test]

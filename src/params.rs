@@ -95,6 +95,24 @@ pub fn value_text(v: &toml::Value) -> String {
     }
 }
 
+/// Whether two param values are the same for staleness: like `==`, except that a NaN
+/// equals a NaN (a float `nan` never equals itself, which made a stage with a NaN param
+/// stale forever). Nested arrays and tables compare item by item.
+pub fn same(a: Option<&toml::Value>, b: Option<&toml::Value>) -> bool {
+    use toml::Value as V;
+    match (a, b) {
+        (None, None) => true,
+        (Some(V::Float(x)), Some(V::Float(y))) => x == y || (x.is_nan() && y.is_nan()),
+        (Some(V::Array(x)), Some(V::Array(y))) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(Some(x), Some(y)))
+        }
+        (Some(V::Table(x)), Some(V::Table(y))) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| same(Some(v), y.get(k)))
+        }
+        (a, b) => a == b,
+    }
+}
+
 /// The leaf values under a key (a table key yields every value beneath it).
 pub fn leaves(table: &toml::Table, key: &str) -> Option<BTreeMap<String, toml::Value>> {
     let v = lookup(table, key)?;
@@ -162,6 +180,20 @@ pub fn substitute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nan_is_the_same_as_nan() {
+        let nan = toml::Value::Float(f64::NAN);
+        assert!(same(Some(&nan), Some(&nan)));
+        let arr = toml::Value::Array(vec![nan.clone(), toml::Value::Integer(1)]);
+        assert!(same(Some(&arr), Some(&arr.clone())));
+        assert!(!same(Some(&nan), Some(&toml::Value::Float(1.0))));
+        assert!(!same(Some(&nan), None));
+        assert!(same(
+            Some(&toml::Value::Float(0.5)),
+            Some(&toml::Value::Float(0.5))
+        ));
+    }
 
     #[test]
     fn set_values_parse_as_toml_or_string() {

@@ -365,7 +365,7 @@ pub fn judge(
     }
     for key in union(&last.params, &now.params) {
         let (old, new) = (last.params.get(key), now.params.get(key));
-        if old != new {
+        if !crate::params::same(old, new) {
             reasons.push(Reason::ParamChanged {
                 key: key.clone(),
                 old: old.cloned(),

@@ -7,7 +7,7 @@
 //! and a run-cache entry is trusted only as far as its objects verify. A run entry is
 //! uploaded after its objects, so a remote entry never points at objects not yet there.
 
-use crate::cache::{Cache, RunEntry, Tree};
+use crate::cache::{Cache, Digest, RunEntry, Tree};
 use crate::error::failed;
 use crate::spec::RawRemote;
 use anyhow::{Context, Result, anyhow, bail};
@@ -58,8 +58,8 @@ impl std::fmt::Display for TransferStats {
 /// What to move: a file of the local cache and its key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Item {
-    Object(String),
-    Tree(String),
+    Object(Digest),
+    Tree(Digest),
 }
 
 fn explain(url: &str, e: &object_store::Error) -> String {
@@ -79,6 +79,48 @@ fn explain(url: &str, e: &object_store::Error) -> String {
         ""
     };
     format!("remote cache {url}: {text}{hint}")
+}
+
+/// Check a `[remote] url`: `s3://bucket[/prefix]` with a bucket name, or
+/// `file:///absolute/folder` (not a system folder). Anything else is refused.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!(
+                "`{url}` names no bucket (expected s3://bucket or s3://bucket/prefix)"
+            ));
+        }
+        if !bucket
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+            || bucket.len() > 255
+        {
+            return Err(format!(
+                "`{url}`: `{}` is not a bucket name (letters, digits, `-`, `.`, `_`)",
+                bucket.escape_debug()
+            ));
+        }
+        if prefix.split('/').any(|p| p == ".." || p == ".")
+            || prefix.chars().any(|c| c.is_control())
+        {
+            return Err(format!(
+                "`{url}`: the prefix may not hold `.`, `..` or control characters"
+            ));
+        }
+        return Ok(());
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(format!(
+                "`{url}` is not an absolute folder (expected file:///absolute/path, three slashes)"
+            ));
+        }
+        return crate::fsutil::check_cache_dir(rest).map_err(|e| format!("`{url}`: {e}"));
+    }
+    Err(format!(
+        "`{url}` is not a remote pipe can use (expected s3://bucket/prefix or file:///absolute/path)"
+    ))
 }
 
 impl Remote {
@@ -163,12 +205,8 @@ impl Remote {
         }
     }
 
-    fn object_key(digest: &str) -> String {
-        format!(
-            "objects/{}/{}",
-            &digest[..2.min(digest.len())],
-            &digest[2.min(digest.len())..]
-        )
+    fn object_key(digest: &Digest) -> String {
+        format!("objects/{}/{}", &digest[..2], &digest[2..])
     }
 
     /// Fetch a remote object's bytes; `None` when it is not there.
@@ -186,7 +224,7 @@ impl Remote {
 
     /// Stream an object into the local cache, hashing on the way; it enters the cache only
     /// if its bytes match its name. `None` when the remote lacks it.
-    async fn download_object(&self, cache: &Cache, digest: &str) -> Result<Option<u64>> {
+    async fn download_object(&self, cache: &Cache, digest: &Digest) -> Result<Option<u64>> {
         use std::io::Write;
         let rel = Self::object_key(digest);
         let result = match self.store.get(&self.key(&rel)).await {
@@ -198,10 +236,11 @@ impl Remote {
         let dir = dest.parent().unwrap_or(&cache.dir).to_path_buf();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp_dir = cache.prepare_tmp()?;
         let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+            .prefix(&format!(".tmp-{}", crate::fsutil::tmp_tag()))
+            .tempfile_in(&tmp_dir)
+            .with_context(|| format!("cannot create a temporary file in {}", tmp_dir.display()))?;
         let mut hasher = blake3::Hasher::new();
         let mut n = 0u64;
         let mut stream = result.into_stream();
@@ -212,11 +251,12 @@ impl Remote {
             tmp.write_all(&chunk)
                 .with_context(|| format!("cannot write into {}", dir.display()))?;
         }
-        if hasher.finalize().to_hex().as_str() != digest {
-            bail!(
-                "remote {}: object {digest} does not match its hash; refused",
+        if hasher.finalize().to_hex().as_str() != digest.as_str() {
+            return Err(Refused(format!(
+                "remote {}: object {digest} does not match its hash",
                 self.url
-            );
+            ))
+            .into());
         }
         tmp.as_file().sync_all().ok();
         let _ = std::fs::set_permissions(
@@ -380,7 +420,7 @@ impl Remote {
                 let (was_sent, n) = self
                     .put_file(
                         &format!("runs/{}.json", e.fingerprint),
-                        &cache.run_path(&e.fingerprint),
+                        &cache.run_path(&e.fingerprint.parse::<Digest>().map_err(|e| anyhow!(e))?),
                     )
                     .await?;
                 if was_sent {
@@ -418,14 +458,37 @@ impl Remote {
             stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(e));
         }
-        let Some(bytes) = self.get(&format!("runs/{fp}.json")).await? else {
+        match self.fetch_entry_checked(cache, fp, stats).await {
+            Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                // Hostile or damaged content: reported, never used; the stage runs instead.
+                crate::cache::warn_once(
+                    &format!("remote {fp}"),
+                    &format!("{e}; ignoring it (the stage runs instead)"),
+                );
+                Ok(None)
+            }
+            r => r,
+        }
+    }
+
+    async fn fetch_entry_checked(
+        &self,
+        cache: &Cache,
+        fp: &str,
+        stats: &TransferCounters,
+    ) -> Result<Option<RunEntry>> {
+        let Ok(digest) = fp.parse::<Digest>() else {
+            return Err(Refused(format!(
+                "remote run entry `{}` is not named by a digest",
+                fp.escape_debug()
+            ))
+            .into());
+        };
+        let Some(bytes) = self.get(&format!("runs/{digest}.json")).await? else {
             return Ok(None);
         };
-        let entry: RunEntry = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow!("remote run entry {fp} is not valid: {e}"))?;
-        if entry.fingerprint != fp || entry.version != crate::cache::VERSION {
-            bail!("remote run entry {fp} does not match its name; refused");
-        }
+        let entry = RunEntry::parse(&bytes, &digest)
+            .map_err(|e| Refused(format!("remote run entry {fp} is not valid: {e}")))?;
         let mut objects = BTreeSet::new();
         for o in entry.outs.values() {
             if !o.dir {
@@ -438,12 +501,9 @@ impl Remote {
                 let Some(b) = self.get(&format!("trees/{}.json", o.hash)).await? else {
                     bail!("remote cache lacks tree {} of run entry {fp}", o.hash)
                 };
-                let t: Tree = serde_json::from_slice(&b)
-                    .map_err(|e| anyhow!("remote tree {} is not valid: {e}", o.hash))?;
-                if t.digest().as_deref() != Some(o.hash.as_str()) {
-                    bail!("remote tree {} does not match its hash; refused", o.hash);
-                }
-                crate::fsutil::atomic_write(&cache.tree_path(&o.hash), &b)?;
+                let t = Tree::parse(&b, &o.hash)
+                    .map_err(|e| Refused(format!("remote tree {}: {e:#}", o.hash)))?;
+                cache.put_tree_bytes(&o.hash, &b)?;
                 stats.add(b.len() as u64);
                 t
             };
@@ -530,6 +590,18 @@ impl Remote {
         })
     }
 }
+
+/// Content from the remote that fails a check (not a digest, a tree or object that does
+/// not match its digest): reported and ignored, never an error that stops a transfer.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Refused {}
 
 #[derive(Default)]
 struct TransferCounters {

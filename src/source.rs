@@ -47,9 +47,10 @@ impl std::fmt::Display for Diag {
 
 impl Source {
     pub fn read(path: &Path, display: String) -> anyhow::Result<Source> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|e| {
             crate::error::invalid(format!("cannot read pipeline file {display}: {e}"))
         })?;
+        let text = utf8(&display, bytes).map_err(crate::error::invalid)?;
         Ok(Source::new(path.to_path_buf(), display, text))
     }
 
@@ -137,6 +138,31 @@ impl Source {
     }
 }
 
+/// The 1-based line and column of byte `offset` in `bytes` (columns count bytes).
+pub fn line_col_bytes(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+/// A file's bytes as text; invalid UTF-8 is an error naming the file, line and column.
+pub fn utf8(display: &str, bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let (line, col) = line_col_bytes(bytes, at);
+        format!(
+            "{display}:{line}:{col}: not valid UTF-8 (byte 0x{:02x}); pipe files must be UTF-8 text",
+            bytes.get(at).copied().unwrap_or(0)
+        )
+    })
+}
+
 impl Diag {
     pub fn help(mut self, help: Option<String>) -> Diag {
         self.help = help;
@@ -161,6 +187,15 @@ pub fn diags_error(diags: Vec<Diag>) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalid_utf8_names_the_line() {
+        let e = utf8("P.toml", b"a = 1\nb = \"x\xffy\"\n".to_vec()).unwrap_err();
+        assert!(
+            e.starts_with("P.toml:2:7: not valid UTF-8 (byte 0xff)"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn locates_keys_in_tables_and_arrays() {

@@ -2,7 +2,7 @@
 //! References: `Pipeline.lock`, the newest N runs, and every release.
 
 use super::Ctx;
-use crate::cache::{Cache, RunEntry};
+use crate::cache::{Cache, Digest, RunEntry};
 use crate::cli::GcArgs;
 use crate::error::failed;
 use crate::lockfile::{LockFile, OutRecord};
@@ -26,13 +26,18 @@ impl Keep {
             return Ok(());
         }
         self.trees.insert(hash.to_string());
-        if cache.tree_path(hash).exists() {
-            let t = cache.read_tree(hash).map_err(|e| {
+        // A reference that is not a digest names nothing in the cache.
+        let Ok(digest) = hash.parse::<Digest>() else {
+            return Ok(());
+        };
+        if cache.tree_path(&digest).exists() {
+            let t = cache.read_tree(&digest).map_err(|e| {
                 failed(format!(
                     "refusing to gc: cannot read a referenced tree: {e:#}"
                 ))
             })?;
-            self.objects.extend(t.entries.into_iter().map(|e| e.hash));
+            self.objects
+                .extend(t.entries.into_iter().map(|e| String::from(e.hash)));
         }
         Ok(())
     }
@@ -55,6 +60,20 @@ fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
         .filter(|e| e.file_type().is_file())
         .map(|e| e.into_path())
         .collect()
+}
+
+/// A temporary file in the cache's folders: litter when its writer is known dead; one
+/// without a writer tag (older pipe versions) or from another machine only once it is a
+/// day old; a live writer's never.
+fn stale_tmp(path: &Path, name: &str) -> bool {
+    use crate::fsutil::TmpWriter;
+    match crate::fsutil::tmp_writer(name) {
+        TmpWriter::Dead => true,
+        TmpWriter::Alive => false,
+        TmpWriter::Unknown => std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 24 * 3600)),
+    }
 }
 
 pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
@@ -123,6 +142,33 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
 
     let mut removed = 0usize;
     let mut bytes = 0u64;
+    // Temporary files whose writer is dead (a kill, a full disk): in the cache's and the
+    // workspace's temp folders. A live writer's are kept, however old.
+    // Also the folders pipe writes records and state into, the workspace root (a lock
+    // written before `.pipe/` existed), and beside each out (a restore onto another file
+    // system writes its temporary copy there).
+    let mut dirs: std::collections::BTreeSet<std::path::PathBuf> = [
+        cache.tmp_dir(),
+        p.layout.tmp(),
+        p.layout.dot.clone(),
+        p.layout.state(),
+        p.layout.releases(),
+        p.root.clone(),
+    ]
+    .into_iter()
+    .collect();
+    for s in &p.stages {
+        for o in &s.outs {
+            if let Some(parent) = p.root.join(&o.path).parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+    }
+    for dir in dirs {
+        let (n, b) = crate::fsutil::sweep_tmp(&dir, a.dry_run);
+        removed += n;
+        bytes += b;
+    }
     let mut remove = |path: &Path| {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         if a.dry_run || std::fs::remove_file(path).is_ok() {
@@ -143,24 +189,28 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
             .and_then(|d| d.file_name())
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        // A temporary file may belong to a build writing right now: only old ones are litter.
-        let stale_tmp = name.starts_with(".tmp-")
-            && std::fs::metadata(&f)
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 3600));
-        if stale_tmp
-            || (!name.starts_with(".tmp-") && !keep.objects.contains(&format!("{prefix}{name}")))
-        {
+        if name.starts_with('.') {
+            if stale_tmp(&f, &name) {
+                remove(&f);
+            }
+        } else if !keep.objects.contains(&format!("{prefix}{name}")) {
             remove(&f);
         }
     }
     for (sub, set) in [("trees", &keep.trees), ("runs", &keep.runs)] {
         for f in files_in(&cache.dir.join(sub)) {
-            let stem = f
+            let name = f
                 .file_name()
-                .map(|n| n.to_string_lossy().trim_end_matches(".json").to_string())
+                .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if !set.contains(&stem) {
+            if name.starts_with('.') {
+                if stale_tmp(&f, &name) {
+                    remove(&f);
+                }
+                continue;
+            }
+            let stem = name.trim_end_matches(".json");
+            if !set.contains(stem) {
                 remove(&f);
             }
         }

@@ -76,7 +76,8 @@ pub fn metrics(ctx: &Ctx, a: &MetricsArgs) -> Result<i32> {
                     };
                     for path in &s.metrics {
                         let Some(o) = r.outs.get(path) else { continue };
-                        let Ok(bytes) = std::fs::read(cache.object_path(&o.hash)) else {
+                        let Ok(d) = o.hash.parse() else { continue };
+                        let Ok(bytes) = std::fs::read(cache.object_path(&d)) else {
                             continue;
                         };
                         let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {

@@ -244,7 +244,10 @@ impl Job<'_> {
                     .map(|m| m.permissions().mode() & 0o7777)
                     .unwrap_or(0o644);
                 CachedOut {
-                    hash: h.text(),
+                    hash: h
+                        .text()
+                        .parse()
+                        .map_err(|error| StageFailure::Outs { error })?,
                     size: h.size(),
                     dir: matches!(h, PathHash::Dir { .. }),
                     mode,

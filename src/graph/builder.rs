@@ -14,6 +14,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The most worker threads a pipeline may ask for.
+pub(super) const MAX_JOBS: usize = 1024;
+/// The most units a resource pool (or a stage's `cpus`) may have.
+pub(super) const MAX_POOL: u32 = 1024;
+
 pub(super) struct Builder<'a> {
     pub(super) src: Source,
     pub(super) root: PathBuf,
@@ -117,13 +122,20 @@ impl<'a> Builder<'a> {
             params::set_existing(&mut params, key, value.clone())
                 .map_err(|e| invalid(format!("--set {key}: {e}")))?;
         }
-        if let Some(0) = raw.pipeline.jobs {
-            self.err(
+        match raw.pipeline.jobs {
+            Some(0) => self.err(
                 &[Seg::Key("pipeline"), Seg::Key("jobs")],
                 None,
                 "`jobs` must be at least 1",
-            );
+            ),
+            Some(j) if j > MAX_JOBS => self.err(
+                &[Seg::Key("pipeline"), Seg::Key("jobs")],
+                None,
+                format!("`jobs` = {j} is over the limit of {MAX_JOBS}"),
+            ),
+            _ => {}
         }
+        self.check_values(&raw);
         let (executor, slurm) = self.executor(&raw);
 
         // Expand matrix / foreach stages into concrete stages.
@@ -150,6 +162,14 @@ impl<'a> Builder<'a> {
             }
         }
         self.bail_if_errors()?;
+        if let Ok(c) = std::env::var("PIPE_CACHE_DIR")
+            && !c.is_empty()
+            && let Err(e) = crate::fsutil::check_cache_dir(&c)
+        {
+            return Err(invalid(format!(
+                "PIPE_CACHE_DIR {e} (it names the cache folder)"
+            )));
+        }
 
         let mut index = HashMap::new();
         for (i, s) in stages.iter().enumerate() {
@@ -173,6 +193,10 @@ impl<'a> Builder<'a> {
             raw.pipeline.cache_dir.as_deref(),
             raw.pipeline.runs_dir.as_deref(),
         );
+        // Litter of dead writers (a killed restore, a kill during a lock write, a full
+        // disk) goes before anything else: two small folders, usually empty or missing.
+        crate::fsutil::sweep_once(&layout.tmp());
+        crate::fsutil::sweep_once(&layout.cache.join("tmp"));
         Ok(Pipeline {
             file: self.src.path.clone(),
             root: self.root,
@@ -194,6 +218,74 @@ impl<'a> Builder<'a> {
         })
     }
 
+    /// Bounds on pipeline-level values that would otherwise pass and hurt later: pool
+    /// sizes, the cache and runs folders (and `PIPE_CACHE_DIR`), the remote's url.
+    fn check_values(&mut self, raw: &RawPipeline) {
+        for (name, &size) in &raw.resources {
+            if size > MAX_POOL {
+                self.err(
+                    &[Seg::Key("resources"), Seg::Key(name)],
+                    None,
+                    format!(
+                        "resource pool `{name}` = {size} is over the limit of {MAX_POOL} units"
+                    ),
+                );
+            }
+        }
+        if let Some(c) = &raw.pipeline.cache_dir
+            && let Err(e) = crate::fsutil::check_cache_dir(c)
+        {
+            self.err(
+                &[Seg::Key("pipeline"), Seg::Key("cache_dir")],
+                None,
+                format!("`cache_dir` {e}"),
+            );
+        }
+        if let Some(r) = &raw.pipeline.runs_dir
+            && let Err(e) = crate::fsutil::check_runs_dir(r)
+        {
+            self.err(
+                &[Seg::Key("pipeline"), Seg::Key("runs_dir")],
+                None,
+                format!("`runs_dir` {e}"),
+            );
+        }
+        if let Some(r) = &raw.remote {
+            if let Err(e) = crate::remote::check_url(&r.url) {
+                self.err(
+                    &[Seg::Key("remote"), Seg::Key("url")],
+                    None,
+                    format!("`url` {e}"),
+                );
+            }
+            if let Some(ep) = &r.endpoint
+                && !(ep.starts_with("http://") || ep.starts_with("https://"))
+            {
+                self.err(
+                    &[Seg::Key("remote"), Seg::Key("endpoint")],
+                    None,
+                    format!("`endpoint` `{ep}` must start with http:// or https://"),
+                );
+            }
+        }
+        if let Some(poll) = raw
+            .executor
+            .as_ref()
+            .and_then(|e| e.slurm.as_ref()?.poll_interval)
+            && !(poll.is_finite() && poll > 0.0)
+        {
+            self.err(
+                &[
+                    Seg::Key("executor"),
+                    Seg::Key("slurm"),
+                    Seg::Key("poll_interval"),
+                ],
+                None,
+                format!("`poll_interval` = {poll} must be a positive number of seconds"),
+            );
+        }
+    }
+
     pub(super) fn executor(&mut self, raw: &RawPipeline) -> (ExecutorKind, SlurmConfig) {
         let ex = raw.executor.clone().unwrap_or_default();
         let kind = match ex.kind.as_deref() {
@@ -213,7 +305,10 @@ impl<'a> Builder<'a> {
             partition: s.partition,
             extra_args: s.extra_args,
             poll_interval: Duration::from_secs_f64(
-                s.poll_interval.unwrap_or(1.0).clamp(0.05, 60.0),
+                s.poll_interval
+                    .filter(|p| p.is_finite())
+                    .unwrap_or(1.0)
+                    .clamp(0.05, 60.0),
             ),
         };
         (kind, slurm)

@@ -1,7 +1,7 @@
 //! Validating one declared stage: matrix / foreach expansion, `${…}` substitution, paths,
 //! params, env, resources, durations, gate, metrics.
 
-use super::builder::{Builder, key_path};
+use super::builder::{Builder, MAX_POOL, key_path};
 use super::*;
 use crate::error::suggest;
 use crate::fsutil::{self};
@@ -13,6 +13,13 @@ use globset::Glob;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
+
+/// The most stages one `matrix` or `foreach` may make.
+pub(super) const MAX_MEMBERS: usize = 10_000;
+/// The longest `timeout` or `retry_delay`.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The most extra attempts of a stage.
+pub(super) const MAX_RETRIES: u32 = 100;
 
 impl<'a> Builder<'a> {
     /// The matrix / foreach variable sets of one declared stage (one empty set for a plain stage).
@@ -28,6 +35,35 @@ impl<'a> Builder<'a> {
             }
             if matrix.is_empty() {
                 self.err(&key_path(name, "matrix"), Some(name), "`matrix` is empty");
+                return vec![];
+            }
+            // The size first: a matrix of 1000 × 1000 × 1000 must be refused, not built.
+            let sizes: Vec<usize> = matrix
+                .values()
+                .map(|v| v.as_array().map_or(1, Vec::len))
+                .collect();
+            let total = sizes
+                .iter()
+                .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+                .unwrap_or(usize::MAX);
+            if total > MAX_MEMBERS {
+                let product = sizes
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" × ");
+                let total = if total == usize::MAX {
+                    "more than anyone can count".to_string()
+                } else {
+                    total.to_string()
+                };
+                self.err(
+                    &key_path(name, "matrix"),
+                    Some(name),
+                    format!(
+                        "`matrix` makes {product} = {total} stages, over the limit of {MAX_MEMBERS}"
+                    ),
+                );
                 return vec![];
             }
             let mut combos: Vec<Vec<(String, toml::Value)>> = vec![vec![]];
@@ -93,6 +129,17 @@ impl<'a> Builder<'a> {
                     Some(name),
                     "`foreach` has no values",
                 );
+            }
+            if sets.len() > MAX_MEMBERS {
+                self.err(
+                    &key_path(name, "foreach"),
+                    Some(name),
+                    format!(
+                        "`foreach` makes {} stages, over the limit of {MAX_MEMBERS}",
+                        sets.len()
+                    ),
+                );
+                return vec![];
             }
             return sets;
         }
@@ -314,6 +361,23 @@ impl<'a> Builder<'a> {
 
         let mut env = BTreeMap::new();
         for (k, v) in &rs.env {
+            let env_loc = [
+                Seg::Key("stages"),
+                Seg::Key(n),
+                Seg::Key("env"),
+                Seg::Key(k),
+            ];
+            if k.is_empty() || k.contains(['=', '\0']) {
+                self.err(
+                    &env_loc,
+                    Some(&name),
+                    format!(
+                        "env name `{}` is not usable: a name is not empty and holds no `=` or NUL",
+                        k.escape_debug()
+                    ),
+                );
+                continue;
+            }
             let text = match v {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
@@ -334,6 +398,14 @@ impl<'a> Builder<'a> {
                 }
             };
             let text = subst(self, &text, "env");
+            if text.contains('\0') {
+                self.err(
+                    &env_loc,
+                    Some(&name),
+                    format!("env `{k}` holds a NUL character, which no environment can carry"),
+                );
+                continue;
+            }
             env.insert(k.clone(), text);
         }
         let wdir = match &rs.wdir {
@@ -368,6 +440,14 @@ impl<'a> Builder<'a> {
                 Seg::Key(r),
             ];
             match raw.resources.get(r) {
+                None if r == "cpus" && *amount > MAX_POOL => {
+                    self.err(
+                        &loc,
+                        Some(&name),
+                        format!("asks for {amount} `cpus`, over the limit of {MAX_POOL}"),
+                    );
+                    continue;
+                }
                 None if r == "cpus" || r == "mem" => {
                     // Slurm-only sizing hints; they take no local pool.
                 }
@@ -394,6 +474,14 @@ impl<'a> Builder<'a> {
         let dur = |this: &mut Self, key: &str, v: &Option<String>| -> Option<Duration> {
             let s = v.as_ref()?;
             match humantime::parse_duration(s.trim()) {
+                Ok(d) if d > MAX_DURATION => {
+                    this.err(
+                        &key_path(n, key),
+                        Some(&name),
+                        format!("`{key}` = \"{s}\" is longer than the limit of 1 year"),
+                    );
+                    None
+                }
                 Ok(d) => Some(d),
                 Err(e) => {
                     this.err(&key_path(n, key), Some(&name), format!("`{key}` = \"{s}\" is not a duration ({e}); use e.g. \"30s\", \"90m\", \"2h\""));
@@ -403,6 +491,23 @@ impl<'a> Builder<'a> {
         };
         let retry_delay =
             dur(self, "retry_delay", &rs.retry_delay).unwrap_or(Duration::from_secs(1));
+        if rs.retries > MAX_RETRIES {
+            self.err(
+                &key_path(n, "retries"),
+                Some(&name),
+                format!(
+                    "`retries` = {} is over the limit of {MAX_RETRIES}",
+                    rs.retries
+                ),
+            );
+        }
+        if cmds.iter().any(|c| c.contains('\0')) {
+            self.err(
+                &key_path(n, "cmd"),
+                Some(&name),
+                "`cmd` holds a NUL character (after substitution), which no shell can run",
+            );
+        }
         let timeout = dur(self, "timeout", &rs.timeout);
 
         let gate = match &rs.gate {

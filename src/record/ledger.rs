@@ -111,7 +111,7 @@ fn lock_outs(outs: &BTreeMap<String, crate::cache::CachedOut>) -> BTreeMap<Strin
             (
                 k.clone(),
                 OutRecord {
-                    hash: o.hash.clone(),
+                    hash: o.hash.to_string(),
                     size: o.size,
                     dir: o.dir,
                 },

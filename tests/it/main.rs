@@ -16,6 +16,8 @@ mod cache;
 mod core_build;
 /// Property tests over hostile Pipeline.toml / Pipeline.lock (`PIPE_FUZZ_CASES`, default 64).
 mod fuzz;
+/// Hostile caches, remotes and values: tampered entries, full disks, special files, bounds.
+mod hardening;
 /// Sweeps: matrix and foreach stages, params files, metrics across members, params diff.
 mod matrix;
 /// Operating day to day: --follow, log --follow, no-op history, run references, hooks.
