@@ -1,7 +1,6 @@
 //! Turning the raw file into a `Pipeline`: parse errors with locations, params files,
 //! `--set`, the executor table; per-stage work is in `stage.rs`, edges in `link.rs`.
 
-use super::stage::valid_stage_name;
 use super::*;
 use crate::error::{invalid, suggest};
 use crate::fsutil::Layout;
@@ -367,6 +366,14 @@ impl<'a> Builder<'a> {
         }
         deep_merge(params, loaded);
     }
+}
+
+/// A declared stage name: letters, digits, `_`, `-`, `.`.
+fn valid_stage_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 fn deep_merge(into: &mut toml::Table, from: toml::Table) {

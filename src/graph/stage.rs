@@ -619,13 +619,6 @@ impl<'a> Builder<'a> {
     }
 }
 
-pub(super) fn valid_stage_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-}
-
 /// Refuse an out whose existing parent (or itself) is a symlink leading outside the workspace.
 fn check_inside(root: &Path, rel: &str) -> std::result::Result<(), String> {
     let mut p = root.join(rel);
