@@ -57,13 +57,11 @@ pub fn set_existing(table: &mut toml::Table, key: &str, value: toml::Value) -> R
 }
 
 fn unknown_key_msg(key: &str, table: &toml::Table) -> String {
-    let (prefix, last) = match key.rsplit_once('.') {
-        Some((p, l)) => (format!("{p}."), l),
-        None => (String::new(), key),
-    };
-    let hint = crate::error::suggest(last, table.keys().map(String::as_str))
-        .map(|s| format!(" (did you mean `{prefix}{s}`?)"))
-        .unwrap_or_default();
+    let prefix = key
+        .rsplit_once('.')
+        .map_or(String::new(), |(p, _)| format!("{p}."));
+    let full: Vec<String> = table.keys().map(|k| format!("{prefix}{k}")).collect();
+    let hint = crate::error::hint(key, full.iter().map(String::as_str));
     format!("unknown param `{key}`{hint}")
 }
 

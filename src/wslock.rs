@@ -174,11 +174,9 @@ pub fn acquire(
                 break;
             }
             if crate::signal::received() > 0 {
-                return Err(crate::error::UserError {
-                    code: crate::error::exit::INTERRUPTED,
-                    message: "interrupted while waiting for another build".into(),
-                }
-                .into());
+                return Err(crate::error::interrupted(
+                    "interrupted while waiting for another build",
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

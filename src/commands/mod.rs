@@ -80,12 +80,12 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
                 .stages
                 .iter()
                 .filter_map(|s| s.gate.as_ref().map(|x| x.name.as_str()));
-            let hint = crate::error::suggest(g, names)
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            return Err(invalid(format!(
-                "--override-gate {g}: no gate named `{g}`{hint}"
-            )));
+            return Err(crate::error::unknown(
+                "gate",
+                g,
+                " (--override-gate)",
+                names,
+            ));
         }
     }
     if !a.dry_run {

@@ -257,10 +257,7 @@ pub fn log(ctx: &Ctx, a: &LogArgs) -> Result<i32> {
         && p.stage(s).is_none()
     {
         let names = p.stages.iter().map(|x| x.name.as_str());
-        let hint = crate::error::suggest(s, names)
-            .map(|x| format!(" (did you mean `{x}`?)"))
-            .unwrap_or_default();
-        return Err(invalid(format!("no stage named `{s}`{hint}")));
+        return Err(crate::error::unknown("stage", s, "", names));
     }
     let run = match (&run_ref, &stage) {
         (Some(r), _) => history::resolve(&runs, r)?,

@@ -2,7 +2,7 @@
 //! `--set`, the executor table; per-stage work is in `stage.rs`, edges in `link.rs`.
 
 use super::*;
-use crate::error::{invalid, suggest};
+use crate::error::{did_you_mean, invalid};
 use crate::fsutil::Layout;
 use crate::params;
 use crate::source::{Diag, Seg, Source, diags_error};
@@ -83,7 +83,7 @@ impl<'a> Builder<'a> {
             && let Some((field, tail)) = rest.split_once('`')
         {
             let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            help = suggest(field, expected.iter().copied()).map(|s| format!("did you mean `{s}`?"));
+            help = did_you_mean(field, expected.iter().copied());
             if help.is_none() && !expected.is_empty() {
                 help = Some(format!("known keys: {}", expected.join(", ")));
             }

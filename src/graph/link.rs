@@ -3,7 +3,7 @@
 
 use super::builder::Builder;
 use super::*;
-use crate::error::suggest;
+use crate::error::did_you_mean;
 use crate::source::{Seg, diags_error};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -136,8 +136,7 @@ impl<'a> Builder<'a> {
                             .map(|(j, _)| j)
                             .collect();
                         if members.is_empty() {
-                            let hint = suggest(a, index.keys().map(String::as_str))
-                                .map(|s| format!("did you mean `{s}`?"));
+                            let hint = did_you_mean(a, index.keys().map(String::as_str));
                             let d = self
                                 .src
                                 .diag(

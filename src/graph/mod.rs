@@ -9,7 +9,7 @@ mod link;
 mod select;
 mod stage;
 
-use crate::error::{invalid, suggest};
+use crate::error::{invalid, unknown};
 use crate::fsutil::Layout;
 use crate::gate::GateSpec;
 use crate::source::Source;
@@ -154,19 +154,15 @@ impl Pipeline {
             } else if let Some(members) = self.groups.get(name) {
                 set.extend(members.iter().copied());
             } else {
-                let hint = suggest(
+                return Err(unknown(
+                    "stage",
                     name,
+                    format!(" in {}", self.source.display),
                     self.index
                         .keys()
                         .map(String::as_str)
                         .chain(self.groups.keys().map(String::as_str)),
-                )
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-                return Err(invalid(format!(
-                    "no stage named `{name}` in {}{hint}",
-                    self.source.display
-                )));
+                ));
             }
         }
         Ok(set)

@@ -3,7 +3,7 @@
 
 use super::builder::{Builder, MAX_POOL, key_path};
 use super::*;
-use crate::error::suggest;
+use crate::error::{did_you_mean, hint};
 use crate::fsutil::{self};
 use crate::gate::GateSpec;
 use crate::params;
@@ -193,9 +193,7 @@ impl<'a> Builder<'a> {
                         Ok(params::value_text(v))
                     }
                     None => {
-                        let hint = suggest(k, params::all_keys(params).iter().map(String::as_str))
-                            .map(|s| format!(" (did you mean `{s}`?)"))
-                            .unwrap_or_default();
+                        let hint = hint(k, params::all_keys(params).iter().map(String::as_str));
                         Err(format!("unknown param `{k}` in `${{params.{k}}}`{hint}"))
                     }
                 },
@@ -342,8 +340,8 @@ impl<'a> Builder<'a> {
             match params::leaves(params, key) {
                 Some(l) => stage_params.extend(l),
                 None => {
-                    let hint = suggest(key, params::all_keys(params).iter().map(String::as_str))
-                        .map(|s| format!("did you mean `{s}`?"));
+                    let hint =
+                        did_you_mean(key, params::all_keys(params).iter().map(String::as_str));
                     self.err_help(
                         &[
                             Seg::Key("stages"),
@@ -452,8 +450,7 @@ impl<'a> Builder<'a> {
                     // Slurm-only sizing hints; they take no local pool.
                 }
                 None => {
-                    let hint = suggest(r, raw.resources.keys().map(String::as_str))
-                        .map(|s| format!("did you mean `{s}`?"));
+                    let hint = did_you_mean(r, raw.resources.keys().map(String::as_str));
                     self.err_help(
                         &loc,
                         Some(&name),
