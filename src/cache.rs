@@ -132,19 +132,6 @@ pub struct RunEntry {
     pub outs: BTreeMap<String, CachedOut>,
 }
 
-impl CachedOut {
-    /// What the lock knows of an out (no mode: 0644), when no run-cache entry has it.
-    /// `None` when the lock's hash is not a digest.
-    pub fn from_lock(o: &crate::lockfile::OutRecord) -> Option<CachedOut> {
-        Some(CachedOut {
-            hash: o.hash.parse().ok()?,
-            size: o.size,
-            dir: o.dir,
-            mode: 0o644,
-        })
-    }
-}
-
 impl RunEntry {
     /// The entry written after a stage ran: fingerprint → outs.
     pub fn new(stage: &str, fingerprint: &str, outs: BTreeMap<String, CachedOut>) -> RunEntry {

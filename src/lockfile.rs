@@ -9,6 +9,9 @@ use toml_edit::{DocumentMut, InlineTable, Item, Table, value};
 
 pub const VERSION: i64 = 1;
 
+/// The lock's view of an out: what it is (hash, size, folder), not how it is stored. The one
+/// out record, with the real file mode, is [`crate::cache::CachedOut`]: what a job produces,
+/// the run cache keeps, release artifacts carry, and events report; this is its projection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutRecord {
     pub hash: String,
