@@ -21,6 +21,7 @@ pub mod params;
 pub mod plan;
 pub mod process_group;
 pub mod record;
+pub mod release;
 pub mod remote;
 pub mod report;
 pub mod signal;

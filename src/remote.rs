@@ -81,48 +81,6 @@ fn explain(url: &str, e: &object_store::Error) -> String {
     format!("remote cache {url}: {text}{hint}")
 }
 
-/// Check a `[remote] url`: `s3://bucket[/prefix]` with a bucket name, or
-/// `file:///absolute/folder` (not a system folder). Anything else is refused.
-pub fn check_url(url: &str) -> std::result::Result<(), String> {
-    if let Some(rest) = url.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!(
-                "`{url}` names no bucket (expected s3://bucket or s3://bucket/prefix)"
-            ));
-        }
-        if !bucket
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-            || bucket.len() > 255
-        {
-            return Err(format!(
-                "`{url}`: `{}` is not a bucket name (letters, digits, `-`, `.`, `_`)",
-                bucket.escape_debug()
-            ));
-        }
-        if prefix.split('/').any(|p| p == ".." || p == ".")
-            || prefix.chars().any(|c| c.is_control())
-        {
-            return Err(format!(
-                "`{url}`: the prefix may not hold `.`, `..` or control characters"
-            ));
-        }
-        return Ok(());
-    }
-    if let Some(rest) = url.strip_prefix("file://") {
-        if !rest.starts_with('/') {
-            return Err(format!(
-                "`{url}` is not an absolute folder (expected file:///absolute/path, three slashes)"
-            ));
-        }
-        return crate::fsutil::check_cache_dir(rest).map_err(|e| format!("`{url}`: {e}"));
-    }
-    Err(format!(
-        "`{url}` is not a remote pipe can use (expected s3://bucket/prefix or file:///absolute/path)"
-    ))
-}
-
 impl Remote {
     pub fn open(cfg: &RawRemote, root: &Path) -> Result<Remote> {
         let url = cfg.url.clone();

@@ -1,4 +1,4 @@
-//! One vocabulary for a stage's state, used by the status table, every `--json`, the run
+//! One vocabulary for a stage's state (and a run's: [`RunStatus`]), used by the status table, every `--json`, the run
 //! manifest and the build summary. Plan states (`stale`, `restorable`, ...) and outcome
 //! states (`ran`, `restored`, ...) share it so a word means one thing everywhere.
 
@@ -91,5 +91,44 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", s.as_str()));
             assert_eq!(s.label().replace(' ', "_"), s.as_str());
         }
+    }
+}
+
+/// How a run ended (or that it has not yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    #[default]
+    Running,
+    Success,
+    Failed,
+    GateFailed,
+    Interrupted,
+    /// Found `running` by a later build: the process died without closing its record.
+    Crashed,
+    /// `build --dry-run`: nothing ran (never written to a manifest).
+    DryRun,
+    /// `pipe rollback`: the manifest's `rollback_to` names the release put back.
+    Rollback,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Success => "success",
+            RunStatus::Failed => "failed",
+            RunStatus::GateFailed => "gate_failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Crashed => "crashed",
+            RunStatus::DryRun => "dry_run",
+            RunStatus::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }

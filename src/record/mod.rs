@@ -13,6 +13,8 @@ pub mod release;
 use crate::fsutil::atomic_write;
 use crate::lockfile::OutRecord;
 use crate::plan::Reason;
+pub use crate::release::Git;
+pub use crate::stage_state::RunStatus;
 use crate::stage_state::StageState;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -20,51 +22,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const MANIFEST_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct Git {
-    pub commit: Option<String>,
-    pub dirty: bool,
-}
-
-/// How a run ended (or that it has not yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    #[default]
-    Running,
-    Success,
-    Failed,
-    GateFailed,
-    Interrupted,
-    /// Found `running` by a later build: the process died without closing its record.
-    Crashed,
-    /// `build --dry-run`: nothing ran (never written to a manifest).
-    DryRun,
-    /// `pipe rollback`: the manifest's `rollback_to` names the release put back.
-    Rollback,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Success => "success",
-            RunStatus::Failed => "failed",
-            RunStatus::GateFailed => "gate_failed",
-            RunStatus::Interrupted => "interrupted",
-            RunStatus::Crashed => "crashed",
-            RunStatus::DryRun => "dry_run",
-            RunStatus::Rollback => "rollback",
-        }
-    }
-}
-
-impl std::fmt::Display for RunStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
