@@ -14,6 +14,7 @@ pub mod gate;
 pub mod graph;
 pub mod hash;
 pub mod lockfile;
+pub mod output;
 pub mod params;
 pub mod plan;
 pub mod record;
@@ -54,5 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rollback(a) => commands::releases::rollback(&ctx, &rep, &a),
         Command::Push(a) => commands::transfer::push(&ctx, &rep, &a),
         Command::Pull(a) => commands::transfer::pull(&ctx, &rep, &a),
+        Command::Completions(a) => commands::completions::completions(&a),
+        Command::Man(a) => commands::completions::man(&a),
     }
 }

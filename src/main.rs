@@ -24,6 +24,8 @@ fn main() {
         .init();
     let code = match pipe::run(cli) {
         Ok(code) => code,
+        // A reader that closed stdout (`pipe runs | head -1`) is a normal end: no message.
+        Err(err) if pipe::output::is_closed_pipe(&err) => 0,
         Err(err) => {
             let code = pipe::error::exit_code(&err);
             let mut msg = format!("{}", err);

@@ -1,5 +1,6 @@
 //! One module per subcommand; each loads what it needs and returns an exit code.
 
+pub mod completions;
 pub mod dag;
 pub mod gc;
 pub mod init;

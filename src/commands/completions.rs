@@ -1,0 +1,55 @@
+//! `pipe completions SHELL` and `pipe man [SUBCOMMAND]`: generated from the clap
+//! definition, so they never drift from the real flags.
+
+use crate::cli::{Cli, CompletionsArgs, ManArgs};
+use crate::error::invalid;
+use anyhow::Result;
+use clap::CommandFactory;
+
+pub fn completions(a: &CompletionsArgs) -> Result<i32> {
+    let mut buf = Vec::new();
+    clap_complete::generate(a.shell, &mut Cli::command(), "pipe", &mut buf);
+    crate::output::write_bytes(&buf)?;
+    Ok(0)
+}
+
+pub fn man(a: &ManArgs) -> Result<i32> {
+    let root = Cli::command();
+    let cmd = match &a.command {
+        None => root,
+        Some(name) => {
+            let Some(sub) = root.find_subcommand(name) else {
+                let names: Vec<&str> = root.get_subcommands().map(|c| c.get_name()).collect();
+                let hint = crate::error::suggest(name, names.iter().copied())
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err(invalid(format!(
+                    "no subcommand `{name}`{hint}; one of: {}",
+                    names.join(", ")
+                )));
+            };
+            // clap names are &'static str (without its `string` feature); one page per process.
+            let page: &'static str = Box::leak(format!("pipe-{}", sub.get_name()).into_boxed_str());
+            sub.clone().name(page).version(crate::cli::VERSION)
+        }
+    };
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .render(&mut buf)
+        .map_err(|e| anyhow::anyhow!("cannot render the man page: {e}"))?;
+    crate::output::write_str(&title_first(&String::from_utf8_lossy(&buf)))?;
+    Ok(0)
+}
+
+/// roff puts its apostrophe definitions (`.ie` / `.el`) before `.TH`; `man`, `whatis` and
+/// `mandb` expect the page to open with `.TH`, so move that line to the top.
+fn title_first(page: &str) -> String {
+    let mut lines: Vec<&str> = page.lines().collect();
+    if let Some(i) = lines.iter().position(|l| l.starts_with(".TH ")) {
+        let th = lines.remove(i);
+        lines.insert(0, th);
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
