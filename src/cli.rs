@@ -156,6 +156,11 @@ pipe completions fish > ~/.config/fish/completions/pipe.fish\n  \
 pipe completions powershell >> $PROFILE\n  \
 eval \"$(pipe completions bash)\"               for the current shell only")]
     Completions(CompletionsArgs),
+    /// Print the JSON Schema of Pipeline.toml (for editors: taplo, Even Better TOML)
+    #[command(after_help = "Examples:\n  pipe schema > pipeline.schema.json\n  \
+then put `#:schema ./pipeline.schema.json` on the first line of Pipeline.toml,\n  \
+or map it in .taplo.toml (see docs/pipeline-toml.md, \"Editor support\").")]
+    Schema,
     /// Print the manual page (roff) on stdout
     #[command(
         after_help = "Examples:\n  pipe man | man -l -                         read it now\n  \

@@ -133,3 +133,173 @@ fn every_flag_and_argument_is_described() {
     walk(&pipe::cli::Cli::command(), "pipe", &mut missing);
     assert!(missing.is_empty(), "undocumented: {missing:?}");
 }
+
+// ---- 2. JSON Schema of Pipeline.toml ----
+
+/// A small JSON Schema (draft-07 subset) checker: enough for the keywords `pipe schema`
+/// uses, so a missing or misspelt key in the schema or the example shows up here.
+fn check(
+    schema: &serde_json::Value,
+    root: &serde_json::Value,
+    v: &serde_json::Value,
+    at: &str,
+    errs: &mut Vec<String>,
+) {
+    use serde_json::Value as J;
+    let s = match schema.get("$ref").and_then(J::as_str) {
+        Some(r) => {
+            let name = r.trim_start_matches("#/definitions/");
+            &root["definitions"][name]
+        }
+        None => schema,
+    };
+    if let Some(t) = s.get("type") {
+        let types: Vec<&str> = match t {
+            J::String(x) => vec![x.as_str()],
+            J::Array(a) => a.iter().filter_map(J::as_str).collect(),
+            _ => vec![],
+        };
+        let ok = types.iter().any(|t| match *t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => false,
+        });
+        if !ok {
+            errs.push(format!("{at}: {v} is not {types:?}"));
+            return;
+        }
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(alts) = s.get(key).and_then(J::as_array) {
+            let mut inner = Vec::new();
+            let n = alts
+                .iter()
+                .filter(|a| {
+                    let mut e = Vec::new();
+                    check(a, root, v, at, &mut e);
+                    inner.extend(e.iter().cloned());
+                    e.is_empty()
+                })
+                .count();
+            if n == 0 || (key == "oneOf" && n > 1) {
+                errs.push(format!("{at}: {key} matched {n} alternatives ({inner:?})"));
+            }
+        }
+    }
+    if let Some(obj) = v.as_object() {
+        let props = s.get("properties").and_then(J::as_object);
+        for req in s
+            .get("required")
+            .and_then(J::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !obj.contains_key(req.as_str().unwrap()) {
+                errs.push(format!("{at}: missing required {req}"));
+            }
+        }
+        for (k, val) in obj {
+            let sub = props.and_then(|p| p.get(k));
+            match (sub, s.get("additionalProperties")) {
+                (Some(sub), _) => check(sub, root, val, &format!("{at}.{k}"), errs),
+                (None, Some(J::Bool(false))) => errs.push(format!("{at}: unknown key {k}")),
+                (None, Some(extra @ J::Object(_))) => {
+                    check(extra, root, val, &format!("{at}.{k}"), errs)
+                }
+                _ => {}
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (s.get("items"), v.as_array()) {
+        for (i, x) in arr.iter().enumerate() {
+            check(items, root, x, &format!("{at}[{i}]"), errs);
+        }
+    }
+}
+
+fn schema_errors(schema: &serde_json::Value, toml_text: &str) -> Vec<String> {
+    let doc: toml::Value = toml::from_str(toml_text).unwrap();
+    let json = serde_json::to_value(doc).unwrap();
+    let mut errs = Vec::new();
+    check(schema, schema, &json, "", &mut errs);
+    errs
+}
+
+#[test]
+fn schema_covers_pipeline_toml_and_validates_the_examples() {
+    let ws = Ws::new(SIMPLE);
+    let r = ws.pipe(&["schema"]);
+    r.ok();
+    let schema = r.json();
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    let top = schema["properties"].as_object().unwrap();
+    for k in [
+        "pipeline",
+        "params",
+        "params_file",
+        "resources",
+        "stages",
+        "remote",
+        "executor",
+    ] {
+        assert!(top.contains_key(k), "top-level key {k} missing");
+    }
+    let stage = &schema["definitions"]["RawStage"]["properties"];
+    for k in [
+        "cmd",
+        "deps",
+        "outs",
+        "params",
+        "env",
+        "wdir",
+        "after",
+        "resources",
+        "retries",
+        "retry_delay",
+        "timeout",
+        "gate",
+        "release",
+        "cache",
+        "always",
+        "frozen",
+        "persist",
+        "metrics",
+        "matrix",
+        "foreach",
+        "executor",
+    ] {
+        assert!(stage.get(k).is_some(), "stage key {k} missing");
+        assert!(
+            stage[k].get("description").is_some(),
+            "stage key {k} has no description"
+        );
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in [
+        "examples/ml-pipeline/Pipeline.toml",
+        "Pipeline.toml.example",
+    ] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        let errs = schema_errors(&schema, &text);
+        assert!(errs.is_empty(), "{f}: {errs:?}");
+    }
+    assert!(schema_errors(&schema, SIMPLE).is_empty());
+    // What pipe refuses, the schema flags too.
+    let errs = schema_errors(&schema, "[stages.a]\ncmdd = \"x\"\n");
+    assert!(
+        errs.iter().any(|e| e.contains("unknown key cmdd")),
+        "{errs:?}"
+    );
+    let errs = schema_errors(&schema, "[stages.a]\ncmd = 3\n");
+    assert!(!errs.is_empty());
+    let errs = schema_errors(
+        &schema,
+        "[stages.a]\ncmd = \"x\"\n[stages.a.gate]\nchecks = []\n",
+    );
+    assert!(errs.iter().any(|e| e.contains("required")), "{errs:?}");
+}

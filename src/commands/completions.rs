@@ -1,5 +1,5 @@
-//! `pipe completions SHELL` and `pipe man [SUBCOMMAND]`: generated from the clap
-//! definition, so they never drift from the real flags.
+//! `pipe completions SHELL`, `pipe man [SUBCOMMAND]` and `pipe schema`: generated from the
+//! clap definition and the serde types of `Pipeline.toml`, so they never drift from them.
 
 use crate::cli::{Cli, CompletionsArgs, ManArgs};
 use crate::error::invalid;
@@ -10,6 +10,14 @@ pub fn completions(a: &CompletionsArgs) -> Result<i32> {
     let mut buf = Vec::new();
     clap_complete::generate(a.shell, &mut Cli::command(), "pipe", &mut buf);
     crate::output::write_bytes(&buf)?;
+    Ok(0)
+}
+
+/// `pipe schema`: the JSON Schema of Pipeline.toml, from the serde types that parse it.
+pub fn schema() -> Result<i32> {
+    let mut text = serde_json::to_string_pretty(&crate::spec::json_schema())?;
+    text.push('\n');
+    crate::output::write_str(&text)?;
     Ok(0)
 }
 
