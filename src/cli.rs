@@ -64,7 +64,7 @@ pipe -C project init        in another folder\n  pipe -f smoke.toml init     a s
         after_help = "Examples:\n  pipe validate               check Pipeline.toml (exit 2 with file:line when invalid)\n\n  \
 pipe -f smoke.toml validate another pipeline file"
     )]
-    Validate,
+    Validate(ValidateArgs),
     /// Show which stages are stale and why (exit 1 when any is)
     #[command(
         after_help = "Examples:\n  pipe status                 every stage, with all its reasons\n  \
@@ -138,7 +138,7 @@ pipe rollback 20260101T120000Z-ab12"
     /// Upload cache objects the lock references to the remote cache
     #[command(
         after_help = "Examples:\n  pipe push                   what Pipeline.lock references, 8 transfers at once\n  \
-pipe push --all -j 16       every object in the local cache\n\n\
+pipe push --all -j 16       every object in the local cache\n  pipe push --json            counts and bytes for scripts\n\n\
 The remote is [remote] in Pipeline.toml; credentials come from AWS_* variables."
     )]
     Push(TransferArgs),
@@ -168,6 +168,13 @@ pipe man > ~/.local/share/man/man1/pipe.1    then `man pipe`\n  \
 pipe man build > ~/.local/share/man/man1/pipe-build.1"
     )]
     Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// Print a JSON document (stages and edges, or the errors) on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +266,9 @@ pub struct DagArgs {
     /// Output format
     #[arg(long, value_enum, default_value = "ascii")]
     pub format: DagFormat,
+    /// Print a JSON document (stages with their upstream, and the edges) instead
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -287,6 +297,9 @@ pub struct GcArgs {
     /// Say what would be removed and how many bytes; remove nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Print a JSON document (counts and bytes) on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -341,4 +354,7 @@ pub struct TransferArgs {
     /// Parallel transfers
     #[arg(short = 'j', long = "jobs", default_value_t = 8, value_name = "N")]
     pub jobs: usize,
+    /// Print a JSON document (counts and bytes) on stdout
+    #[arg(long)]
+    pub json: bool,
 }

@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     match cli.command {
         Command::Init => commands::init::run(&ctx, &rep),
-        Command::Validate => commands::validate(&ctx, &rep),
+        Command::Validate(a) => commands::validate(&ctx, &rep, &a),
         Command::Status(a) => commands::status::run(&ctx, &rep, &a),
         Command::Build(a) => commands::build_cmd(&ctx, &mut rep, &a),
         Command::Dag(a) => commands::dag::run(&ctx, &a),

@@ -303,3 +303,277 @@ fn schema_covers_pipeline_toml_and_validates_the_examples() {
     );
     assert!(errs.iter().any(|e| e.contains("required")), "{errs:?}");
 }
+
+// ---- 3. versioned JSON documents and closed pipes ----
+
+const JSONY: &str = r#"
+[pipeline]
+name = "jsony"
+[params]
+n = 1
+[stages.a]
+cmd = "echo ${params.n} > a.txt; echo '{\"acc\": 0.5, \"f1\": {\"x\": 1}}' > m.json"
+outs = ["a.txt", "m.json"]
+metrics = ["m.json"]
+[stages.b]
+cmd = "cat a.txt > b.txt"
+deps = ["a.txt"]
+outs = ["b.txt"]
+release = true
+"#;
+
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+/// A `--json` document: `"version": 1` is the first key, and the top-level keys are exactly `expected`.
+fn doc(r: &Run, expected: &[&str]) -> serde_json::Value {
+    assert!(
+        r.stdout.trim_start().starts_with("{\n  \"version\": 1,"),
+        "version is not the first key\n{r}"
+    );
+    let v = r.json();
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    want.push("version".into());
+    want.sort();
+    assert_eq!(keys(&v), want, "{r}");
+    v
+}
+
+fn same_keys(v: &serde_json::Value, expected: &[&str]) {
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(keys(v), want, "{v}");
+}
+
+fn built() -> Ws {
+    let ws = Ws::new(JSONY);
+    ws.pipe(&["build"]).ok();
+    ws.pipe(&["build", "--set", "n=2"]).ok();
+    ws
+}
+
+#[test]
+fn json_runs_and_stats() {
+    let ws = built();
+    let v = doc(ws.pipe(&["runs", "--json"]).ok(), &["runs"]);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    same_keys(
+        &runs[0],
+        &[
+            "run_id",
+            "started_at",
+            "finished_at",
+            "duration_s",
+            "status",
+            "ran",
+            "restored",
+            "up_to_date",
+            "failed",
+            "blocked",
+            "command",
+        ],
+    );
+    assert_eq!(runs[0]["ran"], 2);
+    let v = doc(ws.pipe(&["runs", "--stats", "--json"]).ok(), &["stages"]);
+    same_keys(
+        &v["stages"][0],
+        &["stage", "runs", "success_rate", "mean_s", "last_s"],
+    );
+    // No runs yet is an empty list, still a document.
+    let v = doc(Ws::new(JSONY).pipe(&["runs", "--json"]).ok(), &["runs"]);
+    assert_eq!(v["runs"], serde_json::json!([]));
+}
+
+#[test]
+fn json_releases_metrics_params_diff() {
+    let ws = built();
+    let v = doc(ws.pipe(&["releases", "--json"]).ok(), &["releases"]);
+    let rel = &v["releases"][0];
+    assert_eq!(rel["stage"], "b");
+    for k in [
+        "run_id",
+        "created_at",
+        "stage",
+        "artifacts",
+        "gates",
+        "status",
+    ] {
+        assert!(rel.get(k).is_some(), "release lacks {k}: {rel}");
+    }
+
+    let v = doc(ws.pipe(&["metrics", "--json"]).ok(), &["sources"]);
+    let src = &v["sources"][0];
+    same_keys(src, &["label", "stage", "file", "run_id", "values"]);
+    assert_eq!(src["values"]["acc"], 0.5);
+    assert_eq!(src["values"]["f1.x"], 1);
+
+    let runs = ws.pipe(&["runs", "--json"]).json();
+    let (new, old) = (
+        runs["runs"][0]["run_id"].as_str().unwrap().to_string(),
+        runs["runs"][1]["run_id"].as_str().unwrap().to_string(),
+    );
+    let v = doc(
+        ws.pipe(&["params", "diff", &old, &new, "--json"]).ok(),
+        &["a", "b", "params"],
+    );
+    assert_eq!(
+        v["params"],
+        serde_json::json!([{"key": "n", "a": 1, "b": 2}])
+    );
+}
+
+#[test]
+fn json_dag_validate_gc() {
+    let ws = built();
+    let v = doc(
+        ws.pipe(&["dag", "--json"]).ok(),
+        &["pipeline", "stages", "edges"],
+    );
+    assert_eq!(v["pipeline"], "jsony");
+    same_keys(
+        &v["stages"][1],
+        &[
+            "name", "group", "upstream", "frozen", "always", "gate", "release",
+        ],
+    );
+    assert_eq!(v["stages"][1]["upstream"], serde_json::json!(["a"]));
+    assert_eq!(v["edges"], serde_json::json!([{"from": "a", "to": "b"}]));
+
+    let v = doc(
+        ws.pipe(&["validate", "--json"]).ok(),
+        &["valid", "file", "stages", "edges", "dag", "errors"],
+    );
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["stages"], 2);
+
+    ws.write(
+        "bad.toml",
+        "[stages.a]\ncmd = \"x\"\n\n[stages.b]\ncmdd = 1\n",
+    );
+    let r = ws.pipe(&["-f", "bad.toml", "validate", "--json"]);
+    r.code(2);
+    assert!(r.stderr.is_empty(), "{r}");
+    let v = doc(&r, &["valid", "file", "errors"]);
+    assert_eq!(v["valid"], false);
+    let e = &v["errors"][0];
+    same_keys(
+        e,
+        &["file", "line", "column", "stage", "message", "help", "text"],
+    );
+    assert_eq!(e["line"], 5);
+    assert_eq!(e["stage"], "b");
+    assert_eq!(e["file"], "bad.toml");
+
+    let v = doc(
+        ws.pipe(&["gc", "--dry-run", "--json"]).ok(),
+        &[
+            "dry_run",
+            "removed_files",
+            "removed_bytes",
+            "kept_objects",
+            "keep_runs",
+        ],
+    );
+    assert_eq!(v["dry_run"], true);
+    let v = doc(
+        ws.pipe(&["gc", "--keep-runs", "0", "--json"]).ok(),
+        &[
+            "dry_run",
+            "removed_files",
+            "removed_bytes",
+            "kept_objects",
+            "keep_runs",
+        ],
+    );
+    assert!(v["removed_files"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[test]
+fn json_push_pull_with_a_folder_remote() {
+    let remote = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{JSONY}\n[remote]\nurl = \"file://{}\"\n",
+        remote.path().display()
+    );
+    let ws = Ws::new(&text);
+    ws.pipe(&["build"]).ok();
+    let fields = ["all", "transferred", "skipped", "bytes", "missing"];
+    let v = doc(ws.pipe(&["push", "--json"]).ok(), &fields);
+    assert!(v["transferred"].as_u64().unwrap() > 0, "{v}");
+    let v = doc(ws.pipe(&["push", "--json"]).ok(), &fields);
+    assert_eq!(v["transferred"], 0);
+    let v = doc(ws.pipe(&["pull", "--json"]).ok(), &fields);
+    assert_eq!(v["all"], false);
+}
+
+/// Run pipe with stdout to a pipe whose reader takes at most one line and goes away.
+fn closed_after_one_line(ws: &Ws, args: &[&str], read_first: bool) -> Run {
+    use std::io::BufRead;
+    let mut child = ws
+        .cmd(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    if read_first {
+        std::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .unwrap();
+    } else {
+        drop(stdout);
+    }
+    let out = child.wait_with_output().unwrap();
+    let mut run: Run = out.into();
+    run.stdout = first;
+    run
+}
+
+#[test]
+fn closed_pipe_ends_quietly() {
+    let ws = Ws::new(
+        r#"
+[stages.loud]
+cmd = "seq 1 200000; echo done > loud.txt"
+outs = ["loud.txt"]
+[stages.quiet]
+cmd = "cat loud.txt > q.txt"
+deps = ["loud.txt"]
+outs = ["q.txt"]
+release = true
+"#,
+    );
+    ws.pipe(&["build"]).ok();
+    for args in [
+        &["runs"][..],
+        &["runs", "--json"],
+        &["releases"],
+        &["releases", "--json"],
+        &["log"],
+        &["log", "loud"],
+        &["dag"],
+        &["dag", "--json"],
+        &["schema"],
+        &["completions", "bash"],
+        &["man"],
+    ] {
+        for read_first in [true, false] {
+            let r = closed_after_one_line(&ws, args, read_first);
+            assert_eq!(r.code, 0, "pipe {args:?}\n{r}");
+            assert!(r.stderr.is_empty(), "pipe {args:?}\n{r}");
+            if read_first {
+                assert!(!r.stdout.is_empty(), "pipe {args:?}\n{r}");
+            }
+        }
+    }
+}

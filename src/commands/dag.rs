@@ -6,8 +6,43 @@ use anyhow::Result;
 
 pub fn run(ctx: &Ctx, a: &DagArgs) -> Result<i32> {
     let p = ctx.load(&[])?;
-    print!("{}", render(&p, a.format, ctx.verbose > 0));
+    if a.json {
+        crate::output::print_json(&json(&p))?;
+        return Ok(0);
+    }
+    crate::output::write_str(&render(&p, a.format, ctx.verbose > 0))?;
     Ok(0)
+}
+
+/// The `pipe dag --json` body: every stage (matrix members unfolded) in run order with its
+/// upstream, and the edges.
+pub fn json(p: &crate::graph::Pipeline) -> serde_json::Value {
+    let stages: Vec<serde_json::Value> = p
+        .order
+        .iter()
+        .map(|&i| {
+            let s = &p.stages[i];
+            serde_json::json!({
+                "name": s.name,
+                "group": (s.name != s.source_name).then_some(&s.source_name),
+                "upstream": s.upstream.iter().map(|&u| &p.stages[u].name).collect::<Vec<_>>(),
+                "frozen": s.frozen,
+                "always": s.always,
+                "gate": s.gate.as_ref().map(|g| &g.name),
+                "release": s.release,
+            })
+        })
+        .collect();
+    let edges: Vec<serde_json::Value> = p
+        .order
+        .iter()
+        .flat_map(|&i| {
+            p.stages[i].upstream.iter().map(
+                move |&u| serde_json::json!({"from": p.stages[u].name, "to": p.stages[i].name}),
+            )
+        })
+        .collect();
+    serde_json::json!({"pipeline": p.name, "stages": stages, "edges": edges})
 }
 
 fn mermaid_id(name: &str) -> String {

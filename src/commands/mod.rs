@@ -51,7 +51,10 @@ impl Ctx {
     }
 }
 
-pub fn validate(ctx: &Ctx, rep: &Reporter) -> Result<i32> {
+pub fn validate(ctx: &Ctx, rep: &Reporter, a: &crate::cli::ValidateArgs) -> Result<i32> {
+    if a.json {
+        return validate_json(ctx);
+    }
     let p = ctx.load(&[])?;
     let edges: usize = p.stages.iter().map(|s| s.upstream.len()).sum();
     rep.status(
@@ -65,6 +68,79 @@ pub fn validate(ctx: &Ctx, rep: &Reporter) -> Result<i32> {
         ),
     );
     Ok(exit::OK)
+}
+
+/// `pipe validate --json`: `{"version":1,"valid":true,...}` (exit 0) or the problems as
+/// objects with file, line, column, stage, message, help (exit 2). Nothing on stderr.
+fn validate_json(ctx: &Ctx) -> Result<i32> {
+    let (_, display) = ctx.pipeline_file();
+    match ctx.load(&[]) {
+        Ok(p) => {
+            let edges: usize = p.stages.iter().map(|s| s.upstream.len()).sum();
+            crate::output::print_json(&serde_json::json!({
+                "valid": true,
+                "file": p.source.display,
+                "stages": p.stages.len(),
+                "edges": edges,
+                "dag": dag::json(&p),
+                "errors": [],
+            }))?;
+            Ok(exit::OK)
+        }
+        Err(e) if crate::output::is_closed_pipe(&e) => Err(e),
+        Err(e) => {
+            let code = crate::error::exit_code(&e);
+            crate::output::print_json(&serde_json::json!({
+                "valid": false,
+                "file": display,
+                "errors": diagnostics(&format!("{e:#}")),
+            }))?;
+            Ok(code)
+        }
+    }
+}
+
+/// Problems from the worded error text: each starts at column 0 as
+/// `FILE:LINE:COL: [stage `S`: ]MESSAGE`, followed by an indented snippet and `help:` lines.
+fn diagnostics(text: &str) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("  ") {
+            if let (Some(help), Some(last)) =
+                (rest.trim_start().strip_prefix("help: "), out.last_mut())
+            {
+                last["help"] = help.into();
+            }
+            continue;
+        }
+        if line.ends_with("problems found in the pipeline") {
+            continue;
+        }
+        // "file:12:5: message": split off the location when it has line and column.
+        let mut file = None;
+        let mut pos = (None, None);
+        let mut message = line.to_string();
+        let parts: Vec<&str> = line.splitn(4, ':').collect();
+        if parts.len() == 4
+            && let (Ok(l), Ok(c)) = (parts[1].parse::<u64>(), parts[2].parse::<u64>())
+        {
+            file = Some(parts[0].to_string());
+            pos = (Some(l), Some(c));
+            message = parts[3].trim_start().to_string();
+        }
+        let mut stage = None;
+        if let Some(rest) = message.strip_prefix("stage `")
+            && let Some((name, msg)) = rest.split_once("`: ")
+        {
+            stage = Some(name.to_string());
+            message = msg.to_string();
+        }
+        out.push(serde_json::json!({
+            "file": file, "line": pos.0, "column": pos.1, "stage": stage,
+            "message": message, "help": null, "text": line,
+        }));
+    }
+    out
 }
 
 pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {

@@ -4,6 +4,7 @@ use super::Ctx;
 use crate::cache::Cache;
 use crate::cli::{JsonArg, RollbackArgs};
 use crate::error::{failed, invalid};
+use crate::output::{self, Text};
 use crate::record;
 use crate::report::{Reporter, Tone};
 use crate::state::StatCache;
@@ -13,7 +14,7 @@ pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
     let p = ctx.load(&[])?;
     let rel = record::list_releases(&p.layout.releases());
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&rel)?);
+        output::print_json(&serde_json::json!({ "releases": rel }))?;
         return Ok(0);
     }
     if rel.is_empty() {
@@ -22,20 +23,22 @@ pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
         );
         return Ok(0);
     }
-    println!(
+    let mut out = Text::new();
+    out.line(format!(
         "{:<22} {:<20} {:<14} {:<9} gates",
         "run", "created", "stage", "artifacts"
-    );
+    ));
     for r in rel {
-        println!(
+        out.line(format!(
             "{:<22} {:<20} {:<14} {:<9} {}",
             r.run_id,
             r.created_at.trim_end_matches('Z').replace('T', " "),
             r.stage,
             r.artifacts.len(),
             r.gates.join(", ")
-        );
+        ));
     }
+    out.print()?;
     Ok(0)
 }
 

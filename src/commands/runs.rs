@@ -3,6 +3,7 @@
 use super::Ctx;
 use crate::cli::{LogArgs, RunsArgs};
 use crate::error::invalid;
+use crate::output::{self, Text};
 use crate::record::{self, Manifest};
 use crate::report::{Reporter, secs};
 use anyhow::Result;
@@ -26,20 +27,21 @@ pub fn runs(ctx: &Ctx, rep: &Reporter, a: &RunsArgs) -> Result<i32> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        output::print_json(&serde_json::json!({ "runs": list }))?;
         return Ok(0);
     }
     if runs.is_empty() {
         rep.note("no runs yet: `pipe build` records one per build");
         return Ok(0);
     }
-    println!(
+    let mut out = Text::new();
+    out.line(format!(
         "{:<22} {:<20} {:>9} {:<12} {:>4} {:>8} {:>6}",
         "run", "started", "duration", "status", "ran", "restored", "failed"
-    );
+    ));
     for m in &runs {
         let d = m.duration_s().map(secs).unwrap_or_else(|| "-".into());
-        println!(
+        out.line(format!(
             "{:<22} {:<20} {:>9} {:<12} {:>4} {:>8} {:>6}",
             m.run_id,
             m.started_at.trim_end_matches('Z').replace('T', " "),
@@ -48,8 +50,9 @@ pub fn runs(ctx: &Ctx, rep: &Reporter, a: &RunsArgs) -> Result<i32> {
             m.count("ran"),
             m.count("restored"),
             m.count("failed")
-        );
+        ));
     }
+    out.print()?;
     Ok(0)
 }
 
@@ -82,28 +85,35 @@ fn stats(runs: &[Manifest], json: bool) -> Result<i32> {
             .iter()
             .map(|(n, s)| serde_json::json!({"stage": n, "runs": s.ran, "success_rate": s.ok as f64 / s.ran as f64, "mean_s": if s.ok > 0 { s.total_s / s.ok as f64 } else { 0.0 }, "last_s": s.last_s}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        output::print_json(&serde_json::json!({ "stages": v }))?;
         return Ok(0);
     }
-    let w = by.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
-    println!(
+    let w = by
+        .keys()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = Text::new();
+    out.line(format!(
         "{:<w$}  {:>5}  {:>8}  {:>8}  {:>8}",
         "stage", "runs", "success", "mean", "last"
-    );
+    ));
     for (n, s) in &by {
         let mean = if s.ok > 0 {
             secs(s.total_s / s.ok as f64)
         } else {
             "-".into()
         };
-        println!(
+        out.line(format!(
             "{n:<w$}  {:>5}  {:>7.0}%  {:>8}  {:>8}",
             s.ran,
             100.0 * s.ok as f64 / s.ran as f64,
             mean,
             s.last_s.map(secs).unwrap_or_default()
-        );
+        ));
     }
+    out.print()?;
     Ok(0)
 }
 
@@ -142,9 +152,9 @@ pub fn log(ctx: &Ctx, a: &LogArgs) -> Result<i32> {
         match std::fs::read(&path) {
             Ok(bytes) => {
                 if stage.is_none() {
-                    println!("==> {name} <==");
+                    output::write_str(&format!("==> {name} <==\n"))?;
                 }
-                print!("{}", String::from_utf8_lossy(&bytes));
+                output::write_bytes(&bytes)?;
             }
             Err(_) => {
                 let why = run

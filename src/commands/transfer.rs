@@ -32,13 +32,32 @@ fn open(ctx: &Ctx) -> Result<(crate::graph::Pipeline, Remote, Cache, Vec<String>
 pub fn push(ctx: &Ctx, rep: &Reporter, a: &TransferArgs) -> Result<i32> {
     let (_p, remote, cache, fps) = open(ctx)?;
     let stats = remote.push(&cache, if a.all { None } else { Some(&fps) }, a.jobs, rep)?;
-    rep.status("Pushed", Tone::Good, &stats.to_string());
+    if a.json {
+        print_stats(&stats, a.all)?;
+    } else {
+        rep.status("Pushed", Tone::Good, &stats.to_string());
+    }
     Ok(0)
 }
 
 pub fn pull(ctx: &Ctx, rep: &Reporter, a: &TransferArgs) -> Result<i32> {
     let (_p, remote, cache, fps) = open(ctx)?;
     let stats = remote.pull(&cache, if a.all { None } else { Some(&fps) }, a.jobs, rep)?;
-    rep.status("Pulled", Tone::Good, &stats.to_string());
+    if a.json {
+        print_stats(&stats, a.all)?;
+    } else {
+        rep.status("Pulled", Tone::Good, &stats.to_string());
+    }
     Ok(0)
+}
+
+/// The `pipe push --json` / `pipe pull --json` document.
+fn print_stats(stats: &crate::remote::TransferStats, all: bool) -> Result<()> {
+    crate::output::print_json(&serde_json::json!({
+        "all": all,
+        "transferred": stats.sent,
+        "skipped": stats.skipped,
+        "bytes": stats.bytes,
+        "missing": stats.missing,
+    }))
 }
