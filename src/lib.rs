@@ -39,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let ctx = commands::Ctx {
         file: cli.file.clone(),
         verbose: cli.verbose,
+        search_up: cli.dir.is_none() && cli.file.is_none(),
     };
     match cli.command {
         Command::Init => commands::init::run(&ctx, &rep),

@@ -577,3 +577,77 @@ release = true
         }
     }
 }
+
+// ---- 4. upward search for Pipeline.toml ----
+
+fn pipe_in(dir: &std::path::Path, args: &[&str]) -> Run {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PIPE_CACHE_DIR")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run pipe")
+        .into()
+}
+
+#[test]
+fn finds_pipeline_toml_in_a_parent_folder() {
+    let ws = Ws::new(SIMPLE);
+    let deep = ws.path("src/models/deep");
+    std::fs::create_dir_all(&deep).unwrap();
+    pipe_in(&deep, &["validate"]).ok();
+    pipe_in(&deep, &["build"]).ok();
+    // The stages ran at the workspace root, not in the subfolder.
+    assert_eq!(ws.read("b.txt").trim(), "1");
+    assert!(!deep.join("a.txt").exists());
+    assert!(ws.exists(".pipe"));
+    assert!(!deep.join(".pipe").exists());
+    pipe_in(&deep, &["status"]).ok();
+    let v = pipe_in(&deep, &["dag", "--json"]).json();
+    assert_eq!(v["stages"][0]["name"], "a");
+    // The nearest one wins.
+    std::fs::write(
+        ws.path("src/Pipeline.toml"),
+        "[stages.inner]\ncmd = \"echo x > x.txt\"\nouts = [\"x.txt\"]\n",
+    )
+    .unwrap();
+    pipe_in(&deep, &["build"]).ok();
+    assert!(ws.exists("src/x.txt"));
+}
+
+#[test]
+fn no_pipeline_anywhere_names_the_folder_and_suggests_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("a/b");
+    std::fs::create_dir_all(&sub).unwrap();
+    if common_ancestor_has_pipeline(&sub) {
+        eprintln!("SKIPPING: a parent of the temp folder holds a Pipeline.toml");
+        return;
+    }
+    let r = pipe_in(&sub, &["status"]);
+    r.code(2).err_has("pipe init");
+    let shown = sub.canonicalize().unwrap();
+    assert!(
+        r.stderr.contains(&shown.display().to_string())
+            || r.stderr.contains(&sub.display().to_string()),
+        "{r}"
+    );
+    // `pipe init` still writes here, not in a parent.
+    pipe_in(&sub, &["init"]).ok();
+    assert!(sub.join("Pipeline.toml").exists());
+}
+
+fn common_ancestor_has_pipeline(dir: &std::path::Path) -> bool {
+    dir.ancestors().any(|d| d.join("Pipeline.toml").is_file())
+}
+
+#[test]
+fn dash_c_does_not_search_upward() {
+    let ws = Ws::new(SIMPLE);
+    std::fs::create_dir_all(ws.path("sub")).unwrap();
+    ws.pipe(&["-C", "sub", "status"])
+        .code(2)
+        .err_has("pipe init");
+    ws.pipe(&["-C", ".", "validate"]).ok();
+}

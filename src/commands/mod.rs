@@ -16,32 +16,66 @@ use crate::error::{exit, invalid};
 use crate::graph::{LoadOptions, Pipeline};
 use crate::report::{Reporter, Tone};
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub struct Ctx {
     pub file: Option<PathBuf>,
     pub verbose: u8,
+    /// Look for Pipeline.toml in the parent folders too (no `-C` and no `-f` given).
+    pub search_up: bool,
+}
+
+/// The name of the pipeline file pipe looks for.
+pub const PIPELINE_FILE: &str = "Pipeline.toml";
+
+/// The nearest folder, from `start` up to the filesystem root, that holds Pipeline.toml.
+pub fn find_workspace(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|d| d.join(PIPELINE_FILE).is_file())
+        .map(Path::to_path_buf)
 }
 
 impl Ctx {
-    /// The pipeline file and the name errors use for it.
+    /// The pipeline file in the current folder (or `-f`) and the name errors use for it:
+    /// where `pipe init` writes.
     pub fn pipeline_file(&self) -> (PathBuf, String) {
         match &self.file {
             Some(f) => (f.clone(), f.display().to_string()),
-            None => (PathBuf::from("Pipeline.toml"), "Pipeline.toml".to_string()),
+            None => (PathBuf::from(PIPELINE_FILE), PIPELINE_FILE.to_string()),
         }
     }
 
-    pub fn load(&self, sets: &[String]) -> Result<Pipeline> {
+    /// The pipeline file to read: `-f FILE`, else Pipeline.toml here or, without `-C`, in
+    /// the nearest parent folder that has one (like git and cargo). When it is in a parent,
+    /// pipe moves there so every relative path means what it means in the file.
+    pub fn locate(&self) -> Result<(PathBuf, String)> {
         let (file, display) = self.pipeline_file();
-        if !file.exists() {
-            let cwd = std::env::current_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default();
-            return Err(invalid(format!(
-                "no {display} in {cwd}; run `pipe init` to create one, or pass -C DIR / -f FILE"
-            )));
+        if self.file.is_some() || file.exists() {
+            return Ok((file, display));
         }
+        let cwd = std::env::current_dir()
+            .map_err(|e| invalid(format!("cannot read the current folder: {e}")))?;
+        if self.search_up
+            && let Some(dir) = find_workspace(&cwd)
+        {
+            std::env::set_current_dir(&dir)
+                .map_err(|e| invalid(format!("cannot enter {}: {e}", dir.display())))?;
+            tracing::info!("using {}", dir.join(PIPELINE_FILE).display());
+            return Ok((file, display));
+        }
+        let where_ = if self.search_up {
+            format!("{} or any parent folder", cwd.display())
+        } else {
+            cwd.display().to_string()
+        };
+        Err(invalid(format!(
+            "no {display} in {where_}; run `pipe init` to create one, or pass -C DIR / -f FILE"
+        )))
+    }
+
+    pub fn load(&self, sets: &[String]) -> Result<Pipeline> {
+        let (file, display) = self.locate()?;
         let mut opts = LoadOptions::default();
         for s in sets {
             opts.overrides
@@ -73,7 +107,10 @@ pub fn validate(ctx: &Ctx, rep: &Reporter, a: &crate::cli::ValidateArgs) -> Resu
 /// `pipe validate --json`: `{"version":1,"valid":true,...}` (exit 0) or the problems as
 /// objects with file, line, column, stage, message, help (exit 2). Nothing on stderr.
 fn validate_json(ctx: &Ctx) -> Result<i32> {
-    let (_, display) = ctx.pipeline_file();
+    let display = ctx
+        .file
+        .as_ref()
+        .map_or(PIPELINE_FILE.to_string(), |f| f.display().to_string());
     match ctx.load(&[]) {
         Ok(p) => {
             let edges: usize = p.stages.iter().map(|s| s.upstream.len()).sum();
