@@ -156,6 +156,13 @@ pipe completions fish > ~/.config/fish/completions/pipe.fish\n  \
 pipe completions powershell >> $PROFILE\n  \
 eval \"$(pipe completions bash)\"               for the current shell only")]
     Completions(CompletionsArgs),
+    /// Write Pipeline.toml from another tool's pipeline (DVC's dvc.yaml)
+    #[command(
+        after_help = "Examples:\n  pipe import dvc             ./dvc.yaml (+ params.yaml) -> ./Pipeline.toml\n  \
+pipe import dvc ../project  ../project/dvc.yaml -> ../project/Pipeline.toml\n\n\
+Never overwrites a Pipeline.toml; lists on stderr what could not be converted."
+    )]
+    Import(ImportArgs),
     /// Print the JSON Schema of Pipeline.toml (for editors: taplo, Even Better TOML)
     #[command(after_help = "Examples:\n  pipe schema > pipeline.schema.json\n  \
 then put `#:schema ./pipeline.schema.json` on the first line of Pipeline.toml,\n  \
@@ -175,6 +182,30 @@ pub struct ValidateArgs {
     /// Print a JSON document (stages and edges, or the errors) on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub command: ImportCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// Convert a DVC project's dvc.yaml (+ params.yaml, params files, vars) into DIR/Pipeline.toml
+    #[command(
+        after_help = "Examples:\n  pipe import dvc             the DVC project in the current folder\n  \
+pipe import dvc path/to/project\n\n\
+Converted: stages, cmd, deps, outs (cache: false, persist), params (keys and files), metrics,\n\
+wdir, frozen, always_changed, foreach/do, matrix, vars, ${...} interpolation. Data tracked by\n\
+.dvc files becomes a `dvc pull` stage. Not converted (and listed): plots definitions, dvc.lock\n\
+hashes, meta, unknown keys. See docs/import-dvc.md."
+    )]
+    Dvc {
+        /// The DVC project folder holding dvc.yaml (default: the current folder)
+        #[arg(value_name = "DIR")]
+        project: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]

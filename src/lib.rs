@@ -57,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Push(a) => commands::transfer::push(&ctx, &rep, &a),
         Command::Pull(a) => commands::transfer::pull(&ctx, &rep, &a),
         Command::Completions(a) => commands::completions::completions(&a),
+        Command::Import(a) => commands::import_dvc::run(&rep, &a),
         Command::Schema => commands::completions::schema(),
         Command::Man(a) => commands::completions::man(&a),
     }

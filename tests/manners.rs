@@ -651,3 +651,387 @@ fn dash_c_does_not_search_upward() {
         .err_has("pipe init");
     ws.pipe(&["-C", ".", "validate"]).ok();
 }
+
+// ---- 5. pipe import dvc ----
+
+/// Every construct `pipe import dvc` converts, with shell commands so the result builds.
+const DVC_ALL: &str = r#"
+vars:
+  - config.yaml
+  - greeting: hello
+  - extra.json:lang
+stages:
+  gen:
+    cmd: mkdir -p data && echo ${greeting} ${target} ${lang} ${data.size} > data/raw.txt
+    params:
+      - data.size
+      - other2.yaml:
+          - data.size
+    outs:
+      - data/raw.txt
+  listcmd:
+    desc: A command given as a list.
+    cmd:
+      - echo one > list.txt
+      - echo two >> list.txt
+    deps: [data/raw.txt]
+    outs:
+      - list.txt:
+          cache: false
+    always_changed: true
+  per_model:
+    foreach: ${models}
+    do:
+      cmd: mkdir -p models && echo ${item} > models/${item}.txt
+      outs:
+        - models/${item}.txt
+  per_dataset:
+    foreach:
+      small: {rows: 10}
+      large: {rows: 1000}
+    do:
+      cmd: mkdir -p sets && echo ${key} ${item.rows} > sets/${key}.txt
+      outs:
+        - sets/${key}.txt
+  per_obj:
+    foreach:
+      - {name: a, n: 1}
+      - {name: b, n: 2}
+    do:
+      cmd: mkdir -p objs && echo ${item.n} > objs/${item.name}.txt
+      outs:
+        - objs/${item.name}.txt
+  grid:
+    matrix:
+      lr: [0.1, 0.01]
+      seed: [1, 2]
+    cmd: mkdir -p grid && echo ${item.lr} ${item.seed} > grid/${item.lr}-${item.seed}.txt
+    outs:
+      - grid/${item.lr}-${item.seed}.txt
+  grid_keyed:
+    matrix:
+      model: [cnn, rnn]
+      cfg: [{depth: 1}, {depth: 2}]
+    cmd: mkdir -p gk && echo ${key} ${item.cfg.depth} > gk/${key}.txt
+    outs:
+      - gk/${key}.txt
+  in_sub:
+    wdir: sub
+    cmd: 'cat ../data/raw.txt > out.txt && echo ''{"acc": 0.9}'' > metrics.json && echo step > plot.csv'
+    deps: [../data/raw.txt]
+    outs:
+      - out.txt:
+          persist: true
+    metrics:
+      - metrics.json:
+          cache: false
+    plots:
+      - plot.csv:
+          x: step
+    params:
+      - train.lr
+      - other.yaml:
+          - batch
+  unpack:
+    cmd: echo ${train} > unpack.txt
+    outs: [unpack.txt]
+  old:
+    cmd: echo frozen > old.txt
+    outs: [old.txt]
+    frozen: true
+    meta: {owner: me}
+  local_vars:
+    vars:
+      - suffix: xyz
+    cmd: echo ${suffix} > local.txt
+    outs: [local.txt]
+plots:
+  - plot.csv
+"#;
+
+const DVC_ALL_PARAMS: &str =
+    "data:\n  size: 5\nmodels: [linear, forest]\ntrain:\n  lr: 0.1\n  epochs: 3\n  fast: true\n";
+
+fn dvc_all_project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |rel: &str, text: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("dvc.yaml", DVC_ALL);
+    w("params.yaml", DVC_ALL_PARAMS);
+    w("config.yaml", "target: world\n");
+    w("extra.json", "{\"lang\": \"en\", \"unused\": 1}\n");
+    w("sub/other.yaml", "batch: 32\n"); // params files are relative to the stage's wdir
+    w("other2.yaml", "data:\n  size: 7\n");
+    w("dvc.lock", "schema: '2.0'\nstages: {}\n");
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+    dir
+}
+
+#[test]
+fn import_dvc_converts_every_construct_and_builds() {
+    let dir = dvc_all_project();
+    let r = pipe_in(dir.path(), &["import", "dvc"]);
+    r.ok();
+    for said in ["plots", "dvc.lock", "meta", "[params.other2]"] {
+        assert!(r.stderr.contains(said), "stderr lacks {said:?}\n{r}");
+    }
+    assert!(!r.stderr.contains("does not pass"), "{r}");
+    let text = std::fs::read_to_string(dir.path().join("Pipeline.toml")).unwrap();
+    let p: toml::Table = toml::from_str(&text).unwrap();
+    let st = |n: &str| p["stages"][n].clone();
+    // params.yaml and vars under [params]; ${name} -> ${params.name}
+    assert_eq!(p["params"]["data"]["size"].as_integer(), Some(5));
+    assert_eq!(p["params"]["greeting"].as_str(), Some("hello"));
+    assert_eq!(p["params"]["target"].as_str(), Some("world"));
+    assert_eq!(p["params"]["lang"].as_str(), Some("en"));
+    assert!(p["params"].get("unused").is_none());
+    assert_eq!(p["params"]["other2"]["data"]["size"].as_integer(), Some(7));
+    assert_eq!(
+        st("gen")["cmd"].as_str().unwrap(),
+        "mkdir -p data && echo ${params.greeting} ${params.target} ${params.lang} ${params.data.size} > data/raw.txt"
+    );
+    assert_eq!(
+        st("gen")["params"],
+        toml::Value::from(vec!["data.size", "other2.data.size"])
+    );
+    // cmd list, cache: false, always_changed, desc as a comment
+    assert_eq!(st("listcmd")["cmd"].as_array().unwrap().len(), 2);
+    assert_eq!(st("listcmd")["cache"].as_bool(), Some(false));
+    assert_eq!(st("listcmd")["always"].as_bool(), Some(true));
+    assert!(text.contains("# A command given as a list."));
+    // foreach: list from params, mapping, list of mappings
+    assert_eq!(
+        st("per_model")["foreach"],
+        toml::Value::from(vec!["linear", "forest"])
+    );
+    assert_eq!(
+        st("per_dataset")["foreach"]["large"]["rows"].as_integer(),
+        Some(1000)
+    );
+    assert!(st("per_obj")["foreach"].get("1").is_some());
+    // matrix of plain values: pipe's matrix; with ${key} / mappings: a foreach table
+    assert!(
+        st("grid")["cmd"]
+            .as_str()
+            .unwrap()
+            .contains("${matrix.lr} ${matrix.seed}")
+    );
+    assert_eq!(st("grid")["matrix"]["seed"], toml::Value::from(vec![1, 2]));
+    assert!(st("grid_keyed")["foreach"].get("rnn-cfg1").is_some());
+    // wdir: paths rebased on the workspace root; persist, metrics, plots, params files
+    let sub = st("in_sub");
+    assert_eq!(sub["wdir"].as_str(), Some("sub"));
+    assert_eq!(sub["deps"], toml::Value::from(vec!["data/raw.txt"]));
+    assert_eq!(
+        sub["outs"],
+        toml::Value::from(vec!["sub/out.txt", "sub/metrics.json", "sub/plot.csv"])
+    );
+    assert_eq!(sub["metrics"], toml::Value::from(vec!["sub/metrics.json"]));
+    assert_eq!(sub["persist"].as_bool(), Some(true));
+    assert!(sub.get("cache").is_none());
+    assert_eq!(sub["params"], toml::Value::from(vec!["train.lr", "batch"]));
+    // dict unpacking, frozen, stage vars
+    let unpack = st("unpack")["cmd"].as_str().unwrap().to_string();
+    assert!(
+        unpack.contains("--lr ${params.train.lr}") && unpack.contains("--fast"),
+        "{unpack}"
+    );
+    assert_eq!(st("old")["frozen"].as_bool(), Some(true));
+    assert_eq!(
+        st("local_vars")["cmd"].as_str(),
+        Some("echo xyz > local.txt")
+    );
+
+    pipe_in(dir.path(), &["validate"]).ok();
+    let targets = [
+        "gen",
+        "listcmd",
+        "per_model",
+        "per_dataset",
+        "per_obj",
+        "grid",
+        "grid_keyed",
+        "in_sub",
+        "unpack",
+        "local_vars",
+    ];
+    let mut args = vec!["build"];
+    args.extend(targets);
+    pipe_in(dir.path(), &args).ok();
+    let read = |rel: &str| {
+        std::fs::read_to_string(dir.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    assert_eq!(read("data/raw.txt").trim(), "hello world en 5");
+    assert_eq!(read("models/forest.txt").trim(), "forest");
+    assert_eq!(read("sets/large.txt").trim(), "large 1000");
+    assert_eq!(read("objs/b.txt").trim(), "2");
+    assert_eq!(read("grid/0.01-2.txt").trim(), "0.01 2");
+    assert_eq!(read("gk/rnn-cfg0.txt").trim(), "rnn-cfg0 1");
+    assert_eq!(read("sub/out.txt").trim(), "hello world en 5");
+    assert_eq!(read("local.txt").trim(), "xyz");
+    assert!(read("unpack.txt").contains("--epochs 3"));
+
+    // Never overwrites.
+    let before = std::fs::read_to_string(dir.path().join("Pipeline.toml")).unwrap();
+    pipe_in(dir.path(), &["import", "dvc"])
+        .code(2)
+        .err_has("already exists");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("Pipeline.toml")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn import_dvc_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    pipe_in(dir.path(), &["import", "dvc"])
+        .code(2)
+        .err_has("dvc.yaml");
+    pipe_in(dir.path(), &["import", "dvc", "nowhere"])
+        .code(2)
+        .err_has("nowhere/dvc.yaml");
+    std::fs::write(dir.path().join("dvc.yaml"), "stages: [unclosed\n").unwrap();
+    pipe_in(dir.path(), &["import", "dvc"])
+        .code(2)
+        .err_has("not valid YAML");
+    assert!(!dir.path().join("Pipeline.toml").exists());
+}
+
+/// Modelled on DVC's public example-get-started project: prepare / featurize / train /
+/// evaluate with params.yaml, metrics, plots, and data tracked by a .dvc file.
+const GET_STARTED: &str = r#"stages:
+  prepare:
+    cmd: python src/prepare.py data/data.xml
+    deps:
+    - data/data.xml
+    - src/prepare.py
+    params:
+    - prepare.seed
+    - prepare.split
+    outs:
+    - data/prepared
+  featurize:
+    cmd: python src/featurization.py data/prepared data/features
+    deps:
+    - data/prepared
+    - src/featurization.py
+    params:
+    - featurize.max_features
+    - featurize.ngrams
+    outs:
+    - data/features
+  train:
+    cmd: python src/train.py data/features model.pkl
+    deps:
+    - data/features
+    - src/train.py
+    params:
+    - train.min_split
+    - train.n_est
+    - train.seed
+    outs:
+    - model.pkl
+  evaluate:
+    cmd: python src/evaluate.py model.pkl data/features
+    deps:
+    - data/features
+    - model.pkl
+    - src/evaluate.py
+    outs:
+    - eval/importance.png
+    metrics:
+    - eval/metrics.json:
+        cache: false
+    plots:
+    - eval/plots/prc.json:
+        cache: false
+        x: recall
+        y: precision
+metrics:
+- eval/metrics.json
+plots:
+- ROC:
+    template: simple
+    x: fpr
+    y:
+      eval/plots/sklearn/roc/train.json: tpr
+- eval/importance.png
+artifacts:
+  stackoverflow-model:
+    path: model.pkl
+    type: model
+"#;
+
+#[test]
+fn import_dvc_get_started_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |rel: &str, text: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    w("project/dvc.yaml", GET_STARTED);
+    w(
+        "project/params.yaml",
+        "prepare:\n  split: 0.20\n  seed: 20170428\n\nfeaturize:\n  max_features: 100\n  ngrams: 1\n\ntrain:\n  seed: 20170428\n  n_est: 50\n  min_split: 0.01\n",
+    );
+    w(
+        "project/data/data.xml.dvc",
+        "outs:\n- md5: a304afb96060aad90176268345e10355\n  size: 37891850\n  hash: md5\n  path: data.xml\n",
+    );
+    for s in ["prepare", "featurization", "train", "evaluate"] {
+        w(&format!("project/src/{s}.py"), "print('hi')\n");
+    }
+    // DIR given: the project is elsewhere.
+    let r = pipe_in(dir.path(), &["import", "dvc", "project"]);
+    r.ok().err_has("project/Pipeline.toml");
+    for said in ["plots", "artifacts", "dvc pull"] {
+        assert!(r.stderr.contains(said), "stderr lacks {said:?}\n{r}");
+    }
+    let p: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.path().join("project/Pipeline.toml")).unwrap())
+            .unwrap();
+    let names: Vec<&String> = p["stages"].as_table().unwrap().keys().collect();
+    assert_eq!(
+        names,
+        [
+            "dvc_pull_data_data_xml",
+            "prepare",
+            "featurize",
+            "train",
+            "evaluate"
+        ]
+    );
+    assert_eq!(
+        p["stages"]["dvc_pull_data_data_xml"]["outs"],
+        toml::Value::from(vec!["data/data.xml"])
+    );
+    assert_eq!(p["params"]["train"]["n_est"].as_integer(), Some(50));
+    let ev = &p["stages"]["evaluate"];
+    assert_eq!(ev["metrics"], toml::Value::from(vec!["eval/metrics.json"]));
+    assert_eq!(
+        ev["outs"],
+        toml::Value::from(vec![
+            "eval/importance.png",
+            "eval/metrics.json",
+            "eval/plots/prc.json"
+        ])
+    );
+    assert!(
+        ev.get("cache").is_none(),
+        "only metrics/plots are uncached: {ev}"
+    );
+    pipe_in(&dir.path().join("project"), &["validate"]).ok();
+    let dag = pipe_in(&dir.path().join("project"), &["dag", "--json"]).json();
+    assert!(
+        dag["edges"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"from": "train", "to": "evaluate"})),
+        "{dag}"
+    );
+}

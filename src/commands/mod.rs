@@ -3,6 +3,7 @@
 pub mod completions;
 pub mod dag;
 pub mod gc;
+pub mod import_dvc;
 pub mod init;
 pub mod metrics;
 pub mod releases;
