@@ -25,6 +25,7 @@ pub mod slurm;
 pub mod source;
 pub mod spec;
 pub mod state;
+pub mod tls;
 pub mod wslock;
 
 use cli::{Cli, Command};

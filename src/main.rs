@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() {
+    pipe::tls::install_crypto_provider();
     let cli = pipe::cli::Cli::parse();
     let default = match cli.verbose {
         0 => "warn",
