@@ -19,6 +19,7 @@ use crate::report::{Reporter, Tone};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
+#[derive(Default)]
 pub struct Ctx {
     pub file: Option<PathBuf>,
     pub verbose: u8,
