@@ -278,7 +278,7 @@ outs = ["u.txt"]
     );
 
     // `pipe runs --json` counts them.
-    let runs = ws.pipe(&["runs", "--json"]).ok().json();
+    let runs = ws.pipe(&["runs", "--json"]).ok().json()["runs"].clone();
     let first = &runs[0];
     assert_eq!(first["run_id"], m["run_id"]);
     assert_eq!(first["ran"], 1);
@@ -554,7 +554,7 @@ fn a_release_stage_writes_a_release_manifest() {
     // A build where promote is up to date makes no new release.
     ws.pipe(&["build"]).ok();
     assert!(!ws.last_run_dir().join("release_manifest.json").exists());
-    let rel = ws.pipe(&["releases", "--json"]).ok().json();
+    let rel = ws.pipe(&["releases", "--json"]).ok().json()["releases"].clone();
     assert_eq!(rel.as_array().unwrap().len(), 1);
 }
 
@@ -578,7 +578,7 @@ fn two_releases_then_rollback_restores_the_first_releases_bytes() {
         .unwrap_or_else(|| panic!("{list}"));
     let b = list.stdout.find(&first).unwrap_or_else(|| panic!("{list}"));
     assert!(a < b, "releases are not newest first\n{list}");
-    let json = ws.pipe(&["releases", "--json"]).ok().json();
+    let json = ws.pipe(&["releases", "--json"]).ok().json()["releases"].clone();
     assert_eq!(json[0]["run_id"], second.as_str());
     assert_eq!(json[1]["run_id"], first.as_str());
 
@@ -662,7 +662,7 @@ outs = ["a.txt"]
     assert!(lines[idx(&r2)].contains("failed"), "{runs}");
     assert!(lines[idx(&r3)].contains("success"), "{runs}");
 
-    let json = ws.pipe(&["runs", "--json"]).ok().json();
+    let json = ws.pipe(&["runs", "--json"]).ok().json()["runs"].clone();
     let ids: Vec<&str> = json
         .as_array()
         .unwrap()
@@ -723,10 +723,10 @@ release = true
         .collect();
     left.sort();
     assert_eq!(left, ids[2..], "kept runs are not the newest two");
-    let json = ws.pipe(&["runs", "--json"]).ok().json();
+    let json = ws.pipe(&["runs", "--json"]).ok().json()["runs"].clone();
     assert_eq!(json.as_array().unwrap().len(), 2);
     // Every release is still listed and the oldest can still be rolled back to.
-    let rel = ws.pipe(&["releases", "--json"]).ok().json();
+    let rel = ws.pipe(&["releases", "--json"]).ok().json()["releases"].clone();
     assert_eq!(rel.as_array().unwrap().len(), 4);
     ws.pipe(&["rollback", &ids[0]]).ok();
     assert_eq!(ws.read("a.txt"), "v0\n");
