@@ -1035,3 +1035,77 @@ fn import_dvc_get_started_project() {
         "{dag}"
     );
 }
+
+// ---- 7. publishing: rust-version ----
+
+/// `rust-version` in Cargo.toml is at least what every dependency declares (so CI, which
+/// runs this, catches a dependency bump that raises the MSRV) and at least 1.88 (the
+/// edition-2024 let-chains pipe uses).
+#[test]
+fn rust_version_covers_every_dependency() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parse = |v: &str| -> (u64, u64) {
+        let mut it = v.split('.').map(|x| x.parse::<u64>().unwrap_or(0));
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    };
+    let packages: std::collections::HashMap<&str, &serde_json::Value> = m["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p))
+        .collect();
+    let root = m["resolve"]["root"].as_str().unwrap();
+    let ours = parse(
+        packages[root]["rust_version"]
+            .as_str()
+            .expect("rust-version is set"),
+    );
+    assert!(
+        ours >= (1, 88),
+        "let-chains need 1.88, rust-version says {ours:?}"
+    );
+    let nodes: std::collections::HashMap<&str, &serde_json::Value> = m["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![root];
+    let mut too_new = Vec::new();
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        if let Some(v) = packages[id]["rust_version"].as_str()
+            && parse(v) > ours
+        {
+            too_new.push(format!("{} needs {v}", packages[id]["name"]));
+        }
+        for d in nodes[id]["deps"].as_array().unwrap() {
+            let normal = d["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null() || k["kind"] == "build");
+            if normal {
+                stack.push(d["pkg"].as_str().unwrap());
+            }
+        }
+    }
+    assert!(
+        too_new.is_empty(),
+        "raise rust-version in Cargo.toml: {too_new:?}"
+    );
+}
