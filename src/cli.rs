@@ -88,7 +88,7 @@ Records: .pipe/runs/<run-id>/ (manifest.json, events.jsonl, logs/, gates/); see 
     #[command(
         after_help = "Examples:\n  pipe dag                    one line per stage: name <- upstream [flags]\n  \
 pipe dag -v                 matrix members unfolded\n  \
-pipe dag --format dot | dot -Tsvg > dag.svg\n  pipe dag --format mermaid    paste into Markdown"
+pipe dag --format dot | dot -Tsvg > dag.svg\n  pipe dag --format svg > dag.svg   without Graphviz\n  pipe dag --format mermaid    paste into Markdown"
     )]
     Dag(DagArgs),
     /// List past runs, newest first
@@ -290,6 +290,8 @@ pub enum DagFormat {
     Dot,
     /// Mermaid flowchart (Markdown)
     Mermaid,
+    /// A standalone SVG picture (no Graphviz needed)
+    Svg,
 }
 
 #[derive(Args, Debug)]

@@ -447,6 +447,18 @@ fn json_dag_validate_gc() {
     );
     assert_eq!(v["stages"][1]["upstream"], serde_json::json!(["a"]));
     assert_eq!(v["edges"], serde_json::json!([{"from": "a", "to": "b"}]));
+    let svg = ws.pipe(&["dag", "--format", "svg"]);
+    svg.ok();
+    assert!(
+        svg.stdout
+            .starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+        "{svg}"
+    );
+    assert!(
+        svg.stdout.contains(">a</text>") && svg.stdout.contains("<line "),
+        "{svg}"
+    );
+    assert!(svg.stdout.trim_end().ends_with("</svg>"));
 
     let v = doc(
         ws.pipe(&["validate", "--json"]).ok(),
