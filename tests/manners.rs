@@ -1121,3 +1121,58 @@ fn rust_version_covers_every_dependency() {
         "raise rust-version in Cargo.toml: {too_new:?}"
     );
 }
+
+// ---- terminal manners of what main.rs and clap print ----
+
+/// Run pipe under a pseudo-terminal (`script`), returning everything it wrote.
+fn under_pty(ws: &Ws, args: &str, env: &[(&str, &str)]) -> Option<String> {
+    let has_script = Command::new("script").arg("--version").output().is_ok();
+    if !has_script {
+        eprintln!("SKIPPING: no `script` to make a pseudo-terminal");
+        return None;
+    }
+    let mut c = Command::new("script");
+    c.args(["-qec", &format!("{} {args}", bin().display()), "/dev/null"])
+        .current_dir(ws.root())
+        .env_remove("NO_COLOR")
+        .env_remove("CI")
+        .env("TERM", "xterm-256color");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn no_escape_codes_with_any_no_colour_setting() {
+    let ws = Ws::new("[stages.a]\ncmdd = \"x\"\n");
+    for args in ["--help", "build --help", "bogus", "validate"] {
+        // Colour on a terminal with nothing said, so the check below can fail.
+        if args == "--help" {
+            let coloured = under_pty(&ws, "--color always --help", &[]);
+            if let Some(out) = coloured {
+                assert!(
+                    out.contains('\x1b'),
+                    "expected colour with --color always: {out:?}"
+                );
+            }
+        }
+        for env in [
+            vec![("NO_COLOR", "1")],
+            vec![("TERM", "dumb")],
+            vec![("CI", "true")],
+        ] {
+            let Some(out) = under_pty(&ws, args, &env) else {
+                return;
+            };
+            assert!(
+                !out.contains('\x1b'),
+                "pipe {args} with {env:?} wrote escape codes: {out:?}"
+            );
+        }
+        if let Some(out) = under_pty(&ws, &format!("--color never {args}"), &[]) {
+            assert!(!out.contains('\x1b'), "pipe --color never {args}: {out:?}");
+        }
+    }
+}
