@@ -4,10 +4,18 @@ use crate::report::ColorChoice;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `pipe --version`: the package version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("PIPE_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pipe",
-    version,
+    version = VERSION,
     about = "A declarative, content-hashed build tool for ML pipelines",
     long_about = "pipe reads Pipeline.toml (stages with cmd, deps, outs, params), decides from content \
 hashes which stages are stale and why, and reruns only those, in parallel, restoring outputs from \
@@ -46,9 +54,17 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Write a starter Pipeline.toml (never overwrites one) and ignore .pipe/ in git
+    #[command(
+        after_help = "Examples:\n  pipe init                   Pipeline.toml here, then `pipe status`\n  \
+pipe -C project init        in another folder\n  pipe -f smoke.toml init     a second pipeline file beside the first"
+    )]
     Init,
     /// Parse and check the pipeline; errors name the file, line and stage
-    Validate,
+    #[command(
+        after_help = "Examples:\n  pipe validate               check Pipeline.toml (exit 2 with file:line when invalid)\n\n  \
+pipe -f smoke.toml validate another pipeline file"
+    )]
+    Validate(ValidateArgs),
     /// Show which stages are stale and why (exit 1 when any is)
     #[command(
         after_help = "Examples:\n  pipe status                 every stage, with all its reasons\n  \
@@ -69,20 +85,55 @@ Records: .pipe/runs/<run-id>/ (manifest.json, events.jsonl, logs/, gates/); see 
     )]
     Build(BuildArgs),
     /// Print the stage graph
+    #[command(
+        after_help = "Examples:\n  pipe dag                    one line per stage: name <- upstream [flags]\n  \
+pipe dag -v                 matrix members unfolded\n  \
+pipe dag --format dot | dot -Tsvg > dag.svg\n  pipe dag --format svg > dag.svg   without Graphviz\n  pipe dag --format mermaid    paste into Markdown"
+    )]
     Dag(DagArgs),
     /// List past runs, newest first
+    #[command(
+        after_help = "Examples:\n  pipe runs                   newest first: status, duration, stages ran/restored/failed\n  \
+pipe runs --stats           per stage: success rate, mean and last duration\n  \
+pipe runs --json            for scripts"
+    )]
     Runs(RunsArgs),
     /// Show a stage's log from a run (default: the latest run)
+    #[command(
+        after_help = "Examples:\n  pipe log                    every log of the latest run\n  \
+pipe log train              train's log from the latest run\n  \
+pipe log 20260101T120000Z-ab12 train   train's log from that run"
+    )]
     Log(LogArgs),
     /// Remove cache objects that no lock, kept run or release references
+    #[command(
+        after_help = "Examples:\n  pipe gc --dry-run           what would be removed, and how many bytes\n  \
+pipe gc --keep-runs 5       keep only what the newest 5 runs (and the lock, releases) use"
+    )]
     Gc(GcArgs),
     /// Show the metrics files of stages that declare `metrics`
+    #[command(
+        after_help = "Examples:\n  pipe metrics                one row per metric, one column per stage or matrix member\n  \
+pipe metrics --runs A B     the metrics two runs recorded\n  pipe metrics --json"
+    )]
     Metrics(MetricsArgs),
     /// Compare params between runs
+    #[command(
+        after_help = "Examples:\n  pipe params diff A B        params that differ between runs A and B\n  \
+pipe params diff A B --json"
+    )]
     Params(ParamsArgs),
     /// List releases, newest first
+    #[command(
+        after_help = "Examples:\n  pipe releases               run, date, stage, artifacts, gates\n  \
+pipe releases --json        for scripts\n  pipe rollback RUN           restore an earlier release"
+    )]
     Releases(JsonArg),
     /// Put the artifacts of an earlier release back from the cache
+    #[command(
+        after_help = "Examples:\n  pipe releases               find the run to go back to\n  \
+pipe rollback 20260101T120000Z-ab12"
+    )]
     Rollback(RollbackArgs),
     /// Reset stages: remove their outs (persist ones too) and lock entries; the cache stays
     #[command(
@@ -91,9 +142,90 @@ pipe clean --dry-run        what a full reset would remove\n  pipe clean        
     )]
     Clean(CleanArgs),
     /// Upload cache objects the lock references to the remote cache
+    #[command(
+        after_help = "Examples:\n  pipe push                   what Pipeline.lock references, 8 transfers at once\n  \
+pipe push --all -j 16       every object in the local cache\n  pipe push --json            counts and bytes for scripts\n\n\
+The remote is [remote] in Pipeline.toml; credentials come from AWS_* variables."
+    )]
     Push(TransferArgs),
     /// Download cache objects the lock references from the remote cache
+    #[command(
+        after_help = "Examples:\n  pipe pull                   what Pipeline.lock references\n  \
+pipe pull --all             every run-cache entry on the remote"
+    )]
     Pull(TransferArgs),
+    /// Print shell completions for SHELL on stdout
+    #[command(after_help = "Examples:\n  \
+pipe completions bash > ~/.local/share/bash-completion/completions/pipe\n  \
+pipe completions zsh > ~/.zfunc/_pipe        (with fpath+=~/.zfunc before compinit)\n  \
+pipe completions fish > ~/.config/fish/completions/pipe.fish\n  \
+pipe completions powershell >> $PROFILE\n  \
+eval \"$(pipe completions bash)\"               for the current shell only")]
+    Completions(CompletionsArgs),
+    /// Write Pipeline.toml from another tool's pipeline (DVC's dvc.yaml)
+    #[command(
+        after_help = "Examples:\n  pipe import dvc             ./dvc.yaml (+ params.yaml) -> ./Pipeline.toml\n  \
+pipe import dvc ../project  ../project/dvc.yaml -> ../project/Pipeline.toml\n\n\
+Never overwrites a Pipeline.toml; lists on stderr what could not be converted."
+    )]
+    Import(ImportArgs),
+    /// Print the JSON Schema of Pipeline.toml (for editors: taplo, Even Better TOML)
+    #[command(after_help = "Examples:\n  pipe schema > pipeline.schema.json\n  \
+then put `#:schema ./pipeline.schema.json` on the first line of Pipeline.toml,\n  \
+or map it in .taplo.toml (see docs/pipeline-toml.md, \"Editor support\").")]
+    Schema,
+    /// Print the manual page (roff) on stdout
+    #[command(
+        after_help = "Examples:\n  pipe man | man -l -                         read it now\n  \
+pipe man > ~/.local/share/man/man1/pipe.1    then `man pipe`\n  \
+pipe man build > ~/.local/share/man/man1/pipe-build.1"
+    )]
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// Print a JSON document (stages and edges, or the errors) on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    #[command(subcommand)]
+    pub command: ImportCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// Convert a DVC project's dvc.yaml (+ params.yaml, params files, vars) into DIR/Pipeline.toml
+    #[command(
+        after_help = "Examples:\n  pipe import dvc             the DVC project in the current folder\n  \
+pipe import dvc path/to/project\n\n\
+Converted: stages, cmd, deps, outs (cache: false, persist), params (keys and files), metrics,\n\
+wdir, frozen, always_changed, foreach/do, matrix, vars, ${...} interpolation. Data tracked by\n\
+.dvc files becomes a `dvc pull` stage. Not converted (and listed): plots definitions, dvc.lock\n\
+hashes, meta, unknown keys. See docs/import-dvc.md."
+    )]
+    Dvc {
+        /// The DVC project folder holding dvc.yaml (default: the current folder)
+        #[arg(value_name = "DIR")]
+        project: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// A subcommand whose own page to print (pipe-SUBCOMMAND(1)); default: pipe(1)
+    #[arg(value_name = "SUBCOMMAND")]
+    pub command: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]
@@ -167,21 +299,31 @@ pub struct BuildArgs {
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum DagFormat {
+    /// One line per stage: name <- upstream
     Ascii,
+    /// Graphviz (`dot -Tsvg`)
     Dot,
+    /// Mermaid flowchart (Markdown)
     Mermaid,
+    /// A standalone SVG picture (no Graphviz needed)
+    Svg,
 }
 
 #[derive(Args, Debug)]
 pub struct DagArgs {
+    /// Output format
     #[arg(long, value_enum, default_value = "ascii")]
     pub format: DagFormat,
+    /// Print a JSON document (stages with their upstream, and the edges) instead
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct RunsArgs {
     /// One run (id, unique prefix, `latest`, `latest~N` or a --name): its stages in detail
     pub run: Option<String>,
+    /// Print a JSON document on stdout
     #[arg(long)]
     pub json: bool,
     /// Per stage: success rate, mean and last duration over the kept runs
@@ -208,6 +350,9 @@ pub struct GcArgs {
     /// Say what would be removed and how many bytes; remove nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Print a JSON document (counts and bytes) on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +360,7 @@ pub struct MetricsArgs {
     /// Compare two runs (ids) instead of the workspace's current metrics
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     pub runs: Option<Vec<String>>,
+    /// Print a JSON document on stdout
     #[arg(long)]
     pub json: bool,
 }
@@ -228,9 +374,13 @@ pub struct ParamsArgs {
 #[derive(Subcommand, Debug)]
 pub enum ParamsCommand {
     /// Params that differ between two runs
+    #[command(after_help = "Examples:\n  pipe params diff A B\n  pipe params diff A B --json")]
     Diff {
+        /// The first run id
         a: String,
+        /// The second run id
         b: String,
+        /// Print a JSON document on stdout
         #[arg(long)]
         json: bool,
     },
@@ -238,6 +388,7 @@ pub enum ParamsCommand {
 
 #[derive(Args, Debug)]
 pub struct JsonArg {
+    /// Print a JSON document on stdout
     #[arg(long)]
     pub json: bool,
 }
@@ -263,6 +414,9 @@ pub struct TransferArgs {
     #[arg(long)]
     pub all: bool,
     /// Parallel transfers
-    #[arg(short = 'j', long = "jobs", default_value_t = 8)]
+    #[arg(short = 'j', long = "jobs", default_value_t = 8, value_name = "N")]
     pub jobs: usize,
+    /// Print a JSON document (counts and bytes) on stdout
+    #[arg(long)]
+    pub json: bool,
 }

@@ -17,6 +17,7 @@ pub mod gate;
 pub mod graph;
 pub mod hash;
 pub mod lockfile;
+pub mod output;
 pub mod params;
 pub mod plan;
 pub mod process_group;
@@ -29,6 +30,7 @@ pub mod source;
 pub mod spec;
 pub mod stage_state;
 pub mod state;
+pub mod tls;
 pub mod wslock;
 
 use cli::{Cli, Command};
@@ -43,10 +45,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let ctx = commands::Ctx {
         file: cli.file.clone(),
         verbose: cli.verbose,
+        search_up: cli.dir.is_none() && cli.file.is_none(),
     };
     match cli.command {
         Command::Init => commands::init::run(&ctx, &rep),
-        Command::Validate => commands::validate(&ctx, &rep),
+        Command::Validate(a) => commands::validate(&ctx, &rep, &a),
         Command::Status(a) => commands::status::run(&ctx, &rep, &a),
         Command::Build(a) => commands::build_cmd(&ctx, &mut rep, &a),
         Command::Dag(a) => commands::dag::run(&ctx, &a),
@@ -60,5 +63,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Clean(a) => commands::clean::run(&ctx, &rep, &a),
         Command::Push(a) => commands::transfer::push(&ctx, &rep, &a),
         Command::Pull(a) => commands::transfer::pull(&ctx, &rep, &a),
+        Command::Completions(a) => commands::completions::completions(&a),
+        Command::Import(a) => commands::import_dvc::run(&rep, &a),
+        Command::Schema => commands::completions::schema(),
+        Command::Man(a) => commands::completions::man(&a),
     }
 }

@@ -547,17 +547,6 @@ impl Sink for BuildView<'_> {
     }
 }
 
-/// Print a JSON document on stdout. A closed pipe (`pipe status --json | head -c 10`) ends
-/// quietly: the error is a [`BrokenPipe`](std::io::ErrorKind::BrokenPipe) that `main` exits
-/// on without a message.
-pub fn print_json<T: serde::Serialize>(doc: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, doc)?;
-    writeln!(out)?;
-    out.flush()?;
-    Ok(())
-}
-
 /// Seconds as a short human duration: `0.3s`, `12.0s`, `3m05s`, `1h02m`.
 pub fn secs(s: f64) -> String {
     if s < 60.0 {

@@ -215,6 +215,16 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
             }
         }
     }
+    if a.json {
+        crate::output::print_json(&serde_json::json!({
+            "dry_run": a.dry_run,
+            "removed_files": removed,
+            "removed_bytes": bytes,
+            "kept_objects": keep.objects.len(),
+            "keep_runs": a.keep_runs,
+        }))?;
+        return Ok(0);
+    }
     let mb = bytes as f64 / (1 << 20) as f64;
     if a.dry_run {
         rep.status(
@@ -222,7 +232,9 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
             Tone::Info,
             &format!("{removed} files, {mb:.1} MiB (dry run: nothing removed)"),
         );
-        println!("{removed} files, {bytes} bytes would be removed");
+        crate::output::write_str(&format!(
+            "{removed} files, {bytes} bytes would be removed\n"
+        ))?;
     } else {
         rep.status(
             "Removed",

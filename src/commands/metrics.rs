@@ -5,6 +5,7 @@ use super::Ctx;
 use crate::cache::Cache;
 use crate::cli::{MetricsArgs, ParamsArgs, ParamsCommand};
 use crate::error::invalid;
+use crate::output::{self, Text};
 use crate::record;
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -38,9 +39,21 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde
 
 type Column = (String, BTreeMap<String, serde_json::Value>);
 
+/// Where a column's values came from, for `--json`.
+#[derive(serde::Serialize)]
+struct Source<'a> {
+    label: &'a str,
+    stage: String,
+    file: String,
+    run_id: Option<String>,
+    values: &'a BTreeMap<String, serde_json::Value>,
+}
+
 pub fn metrics(ctx: &Ctx, a: &MetricsArgs) -> Result<i32> {
     let p = ctx.load(&[])?;
     let mut cols: Vec<Column> = Vec::new();
+    // (stage, file, run) of each column, in the same order.
+    let mut origin: Vec<(String, String, Option<String>)> = Vec::new();
     match &a.runs {
         None => {
             for &i in &p.order {
@@ -60,6 +73,7 @@ pub fn metrics(ctx: &Ctx, a: &MetricsArgs) -> Result<i32> {
                         s.name.clone()
                     };
                     cols.push((label, flat));
+                    origin.push((s.name.clone(), m.clone(), None));
                 }
             }
         }
@@ -86,15 +100,25 @@ pub fn metrics(ctx: &Ctx, a: &MetricsArgs) -> Result<i32> {
                         let mut flat = BTreeMap::new();
                         flatten("", &json, &mut flat);
                         cols.push((format!("{id} {}", s.name), flat));
+                        origin.push((s.name.clone(), path.clone(), Some(id.clone())));
                     }
                 }
             }
         }
     }
     if a.json {
-        let v: BTreeMap<&String, &BTreeMap<String, serde_json::Value>> =
-            cols.iter().map(|(k, v)| (k, v)).collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        let sources: Vec<Source> = cols
+            .iter()
+            .zip(origin)
+            .map(|((label, values), (stage, file, run_id))| Source {
+                label,
+                stage,
+                file,
+                run_id,
+                values,
+            })
+            .collect();
+        output::print_json(&serde_json::json!({ "sources": sources }))?;
         return Ok(0);
     }
     if cols.is_empty() {
@@ -103,16 +127,21 @@ pub fn metrics(ctx: &Ctx, a: &MetricsArgs) -> Result<i32> {
         );
         return Ok(0);
     }
-    print_table(&cols);
+    print_table(&cols)?;
     Ok(0)
 }
 
 /// Metrics as rows (one per key), sources as columns.
-fn print_table(cols: &[Column]) {
+fn print_table(cols: &[Column]) -> Result<()> {
     let mut keys: Vec<&String> = cols.iter().flat_map(|(_, m)| m.keys()).collect();
     keys.sort();
     keys.dedup();
-    let kw = keys.iter().map(|k| k.len()).max().unwrap_or(6).max(6);
+    let kw = keys
+        .iter()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let cell = |v: Option<&serde_json::Value>| match v {
         None => "-".to_string(),
         Some(serde_json::Value::Number(n)) => n.as_f64().map_or(n.to_string(), |f| {
@@ -129,24 +158,26 @@ fn print_table(cols: &[Column]) {
         .iter()
         .map(|(name, m)| {
             keys.iter()
-                .map(|k| cell(m.get(*k)).len())
+                .map(|k| cell(m.get(*k)).chars().count())
                 .max()
                 .unwrap_or(1)
-                .max(name.len())
+                .max(name.chars().count())
         })
         .collect();
     let mut header = format!("{:<kw$}", "metric");
     for ((name, _), w) in cols.iter().zip(&widths) {
         header.push_str(&format!("  {name:>w$}"));
     }
-    println!("{header}");
+    let mut out = Text::new();
+    out.line(header);
     for k in keys {
         let mut line = format!("{k:<kw$}");
         for ((_, m), w) in cols.iter().zip(&widths) {
             line.push_str(&format!("  {:>w$}", cell(m.get(k))));
         }
-        println!("{line}");
+        out.line(line);
     }
+    out.print()
 }
 
 pub fn params(ctx: &Ctx, a: &ParamsArgs) -> Result<i32> {
@@ -160,34 +191,51 @@ pub fn params(ctx: &Ctx, a: &ParamsArgs) -> Result<i32> {
     let mut keys: Vec<&String> = ma.params.keys().chain(mb.params.keys()).collect();
     keys.sort();
     keys.dedup();
+    let keys: Vec<&String> = keys
+        .into_iter()
+        .filter(|k| ma.params.get(*k) != mb.params.get(*k))
+        .collect();
+    if *json {
+        // Values as JSON values (a param missing from one run is null there).
+        let value = |v: Option<&toml::Value>| {
+            v.and_then(|v| serde_json::to_value(v).ok())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let v: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({"key": k, "a": value(ma.params.get(*k)), "b": value(mb.params.get(*k))})
+            })
+            .collect();
+        output::print_json(&serde_json::json!({ "a": ra, "b": rb, "params": v }))?;
+        return Ok(0);
+    }
     let show = |v: Option<&toml::Value>| v.map_or("-".to_string(), |v| v.to_string());
     let diffs: Vec<(&String, String, String)> = keys
         .into_iter()
-        .filter(|k| ma.params.get(*k) != mb.params.get(*k))
         .map(|k| (k, show(ma.params.get(k)), show(mb.params.get(k))))
         .collect();
-    if *json {
-        let v: Vec<serde_json::Value> = diffs
-            .iter()
-            .map(|(k, x, y)| serde_json::json!({"key": k, "a": x, "b": y}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(0);
-    }
     if diffs.is_empty() {
-        println!("no param differs between {ra} and {rb}");
+        output::write_str(&format!("no param differs between {ra} and {rb}\n"))?;
         return Ok(0);
     }
-    let kw = diffs.iter().map(|d| d.0.len()).max().unwrap_or(5).max(5);
+    let kw = diffs
+        .iter()
+        .map(|d| d.0.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let aw = diffs
         .iter()
-        .map(|d| d.1.len())
+        .map(|d| d.1.chars().count())
         .max()
         .unwrap_or(1)
-        .max(ra.len());
-    println!("{:<kw$}  {:<aw$}  {}", "param", ra, rb);
+        .max(ra.chars().count());
+    let mut out = Text::new();
+    out.line(format!("{:<kw$}  {:<aw$}  {}", "param", ra, rb));
     for (k, x, y) in diffs {
-        println!("{k:<kw$}  {x:<aw$}  {y}");
+        out.line(format!("{k:<kw$}  {x:<aw$}  {y}"));
     }
+    out.print()?;
     Ok(0)
 }

@@ -1,8 +1,10 @@
 //! One module per subcommand; each loads what it needs and returns an exit code.
 
 pub mod clean;
+pub mod completions;
 pub mod dag;
 pub mod gc;
+pub mod import_dvc;
 pub mod init;
 pub mod metrics;
 pub mod releases;
@@ -17,32 +19,67 @@ use crate::graph::Targets;
 use crate::graph::{LoadOptions, Pipeline};
 use crate::report::{Reporter, Tone};
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+#[derive(Default)]
 pub struct Ctx {
     pub file: Option<PathBuf>,
     pub verbose: u8,
+    /// Look for Pipeline.toml in the parent folders too (no `-C` and no `-f` given).
+    pub search_up: bool,
+}
+
+/// The name of the pipeline file pipe looks for.
+pub const PIPELINE_FILE: &str = "Pipeline.toml";
+
+/// The nearest folder, from `start` up to the filesystem root, that holds Pipeline.toml.
+pub fn find_workspace(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|d| d.join(PIPELINE_FILE).is_file())
+        .map(Path::to_path_buf)
 }
 
 impl Ctx {
-    /// The pipeline file and the name errors use for it.
+    /// The pipeline file in the current folder (or `-f`) and the name errors use for it:
+    /// where `pipe init` writes.
     pub fn pipeline_file(&self) -> (PathBuf, String) {
         match &self.file {
             Some(f) => (f.clone(), f.display().to_string()),
-            None => (PathBuf::from("Pipeline.toml"), "Pipeline.toml".to_string()),
+            None => (PathBuf::from(PIPELINE_FILE), PIPELINE_FILE.to_string()),
         }
     }
 
-    pub fn load(&self, sets: &[String]) -> Result<Pipeline> {
+    /// The pipeline file to read: `-f FILE`, else Pipeline.toml here or, without `-C`, in
+    /// the nearest parent folder that has one (like git and cargo). When it is in a parent,
+    /// pipe moves there so every relative path means what it means in the file.
+    pub fn locate(&self) -> Result<(PathBuf, String)> {
         let (file, display) = self.pipeline_file();
-        if !file.exists() {
-            let cwd = std::env::current_dir()
-                .map(|d| d.display().to_string())
-                .unwrap_or_default();
-            return Err(invalid(format!(
-                "no {display} in {cwd}; run `pipe init` to create one, or pass -C DIR / -f FILE"
-            )));
+        if self.file.is_some() || file.exists() {
+            return Ok((file, display));
         }
+        let cwd = std::env::current_dir()
+            .map_err(|e| invalid(format!("cannot read the current folder: {e}")))?;
+        if self.search_up
+            && let Some(dir) = find_workspace(&cwd)
+        {
+            std::env::set_current_dir(&dir)
+                .map_err(|e| invalid(format!("cannot enter {}: {e}", dir.display())))?;
+            tracing::info!("using {}", dir.join(PIPELINE_FILE).display());
+            return Ok((file, display));
+        }
+        let where_ = if self.search_up {
+            format!("{} or any parent folder", cwd.display())
+        } else {
+            cwd.display().to_string()
+        };
+        Err(invalid(format!(
+            "no {display} in {where_}; run `pipe init` to create one, or pass -C DIR / -f FILE"
+        )))
+    }
+
+    pub fn load(&self, sets: &[String]) -> Result<Pipeline> {
+        let (file, display) = self.locate()?;
         let mut opts = LoadOptions::default();
         for s in sets {
             opts.overrides
@@ -52,7 +89,10 @@ impl Ctx {
     }
 }
 
-pub fn validate(ctx: &Ctx, rep: &Reporter) -> Result<i32> {
+pub fn validate(ctx: &Ctx, rep: &Reporter, a: &crate::cli::ValidateArgs) -> Result<i32> {
+    if a.json {
+        return validate_json(ctx);
+    }
     let p = ctx.load(&[])?;
     let edges: usize = p.stages.iter().map(|s| s.upstream.len()).sum();
     rep.status(
@@ -66,6 +106,82 @@ pub fn validate(ctx: &Ctx, rep: &Reporter) -> Result<i32> {
         ),
     );
     Ok(exit::OK)
+}
+
+/// `pipe validate --json`: `{"version":1,"valid":true,...}` (exit 0) or the problems as
+/// objects with file, line, column, stage, message, help (exit 2). Nothing on stderr.
+fn validate_json(ctx: &Ctx) -> Result<i32> {
+    let display = ctx
+        .file
+        .as_ref()
+        .map_or(PIPELINE_FILE.to_string(), |f| f.display().to_string());
+    match ctx.load(&[]) {
+        Ok(p) => {
+            let edges: usize = p.stages.iter().map(|s| s.upstream.len()).sum();
+            crate::output::print_json(&serde_json::json!({
+                "valid": true,
+                "file": p.source.display,
+                "stages": p.stages.len(),
+                "edges": edges,
+                "dag": dag::json(&p),
+                "errors": [],
+            }))?;
+            Ok(exit::OK)
+        }
+        Err(e) if crate::output::is_closed_pipe(&e) => Err(e),
+        Err(e) => {
+            let code = crate::error::exit_code(&e);
+            crate::output::print_json(&serde_json::json!({
+                "valid": false,
+                "file": display,
+                "errors": diagnostics(&format!("{e:#}")),
+            }))?;
+            Ok(code)
+        }
+    }
+}
+
+/// Problems from the worded error text: each starts at column 0 as
+/// `FILE:LINE:COL: [stage `S`: ]MESSAGE`, followed by an indented snippet and `help:` lines.
+fn diagnostics(text: &str) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("  ") {
+            if let (Some(help), Some(last)) =
+                (rest.trim_start().strip_prefix("help: "), out.last_mut())
+            {
+                last["help"] = help.into();
+            }
+            continue;
+        }
+        if line.ends_with("problems found in the pipeline") {
+            continue;
+        }
+        // "file:12:5: message": split off the location when it has line and column.
+        let mut file = None;
+        let mut pos = (None, None);
+        let mut message = line.to_string();
+        let parts: Vec<&str> = line.splitn(4, ':').collect();
+        if parts.len() == 4
+            && let (Ok(l), Ok(c)) = (parts[1].parse::<u64>(), parts[2].parse::<u64>())
+        {
+            file = Some(parts[0].to_string());
+            pos = (Some(l), Some(c));
+            message = parts[3].trim_start().to_string();
+        }
+        let mut stage = None;
+        if let Some(rest) = message.strip_prefix("stage `")
+            && let Some((name, msg)) = rest.split_once("`: ")
+        {
+            stage = Some(name.to_string());
+            message = msg.to_string();
+        }
+        out.push(serde_json::json!({
+            "file": file, "line": pos.0, "column": pos.1, "stage": stage,
+            "message": message, "help": null, "text": line,
+        }));
+    }
+    out
 }
 
 pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
@@ -127,7 +243,6 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
         }
         #[derive(serde::Serialize)]
         struct Doc<'a> {
-            version: u32,
             run_id: Option<&'a str>,
             status: crate::record::RunStatus,
             exit_code: i32,
@@ -135,7 +250,6 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
             stages: Vec<Stage<'a>>,
         }
         let doc = Doc {
-            version: 1,
             run_id: summary.run_id.as_deref(),
             status: summary.status,
             exit_code: summary.exit_code,
@@ -154,7 +268,11 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
                 })
                 .collect(),
         };
-        crate::report::print_json(&doc)?;
+        if let Err(e) = crate::output::print_json(&doc)
+            && !crate::output::is_closed_pipe(&e)
+        {
+            return Err(e);
+        }
     }
     Ok(summary.exit_code)
 }

@@ -5,6 +5,7 @@ use crate::cache::Cache;
 use crate::cli::{JsonArg, RollbackArgs};
 use crate::error::{failed, invalid};
 use crate::event::{Event, Sink};
+use crate::output::{self, Text};
 use crate::record;
 use crate::record::RunStatus;
 use crate::record::events::EventLog;
@@ -12,7 +13,6 @@ use crate::record::release::{ReleaseManifest, ReleaseState};
 use crate::report::{Reporter, Tone};
 use crate::state::StatCache;
 use anyhow::Result;
-use std::io::Write;
 
 /// One release as listed: the manifest plus whether it is the stage's current release and
 /// whether it was forced (a gate upstream overridden).
@@ -37,7 +37,7 @@ pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
         })
         .collect();
     if a.json {
-        crate::report::print_json(&listed)?;
+        output::print_json(&serde_json::json!({ "releases": listed }))?;
         return Ok(0);
     }
     if listed.is_empty() {
@@ -46,12 +46,11 @@ pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
         );
         return Ok(0);
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
+    let mut out = Text::new();
+    out.line(format!(
         "  {:<22} {:<23} {:<14} {:<9} gates",
         "run", "created", "stage", "artifacts"
-    )?;
+    ));
     for l in &listed {
         let r = l.release;
         let mut notes = vec![r.gates.join(", ")];
@@ -68,8 +67,7 @@ pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
         if let Some(n) = &r.name {
             notes.push(format!("name {n}"));
         }
-        writeln!(
-            out,
+        out.line(format!(
             "{} {:<22} {:<23} {:<14} {:<9} {}",
             if l.current { "*" } else { " " },
             r.run_id,
@@ -77,9 +75,9 @@ pub fn list(ctx: &Ctx, a: &JsonArg) -> Result<i32> {
             r.stage,
             r.artifacts.len(),
             notes.join("; ")
-        )?;
+        ));
     }
-    out.flush()?;
+    out.print()?;
     Ok(0)
 }
 

@@ -3,6 +3,7 @@
 use super::Ctx;
 use crate::cli::{LogArgs, RunsArgs};
 use crate::error::invalid;
+use crate::output::{self, Text};
 use crate::record::follow::Tail;
 use crate::record::{self, Manifest, history};
 use crate::report::{Reporter, secs};
@@ -34,20 +35,21 @@ pub fn runs(ctx: &Ctx, rep: &Reporter, a: &RunsArgs) -> Result<i32> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        output::print_json(&serde_json::json!({ "runs": list }))?;
         return Ok(0);
     }
     if runs.is_empty() {
         rep.note("no runs yet: `pipe build` records one per build");
         return Ok(0);
     }
-    println!(
+    let mut out = Text::new();
+    out.line(format!(
         "{:<22} {:<20} {:>9} {:<12} {:>4} {:>8} {:>6}",
         "run", "started", "duration", "status", "ran", "restored", "failed"
-    );
+    ));
     for m in &runs {
         let d = m.duration_s().map(secs).unwrap_or_else(|| "-".into());
-        println!(
+        out.line(format!(
             "{:<22} {:<20} {:>9} {:<12} {:>4} {:>8} {:>6}",
             m.run_id,
             m.started_at.trim_end_matches('Z').replace('T', " "),
@@ -56,8 +58,9 @@ pub fn runs(ctx: &Ctx, rep: &Reporter, a: &RunsArgs) -> Result<i32> {
             m.count(StageState::Ran),
             m.count(StageState::Restored),
             m.count(StageState::Failed)
-        );
+        ));
     }
+    out.print()?;
     Ok(0)
 }
 
@@ -82,7 +85,6 @@ fn one_run(p: &crate::graph::Pipeline, m: &Manifest, json: bool) -> Result<i32> 
     if json {
         #[derive(serde::Serialize)]
         struct Doc<'a> {
-            version: u32,
             run_id: &'a str,
             name: Option<&'a str>,
             status: record::RunStatus,
@@ -104,7 +106,6 @@ fn one_run(p: &crate::graph::Pipeline, m: &Manifest, json: bool) -> Result<i32> 
             })
             .collect();
         let doc = Doc {
-            version: 1,
             run_id: &m.run_id,
             name: m.name.as_deref(),
             status: m.status,
@@ -113,7 +114,7 @@ fn one_run(p: &crate::graph::Pipeline, m: &Manifest, json: bool) -> Result<i32> 
             duration_s: m.duration_s(),
             stages,
         };
-        crate::report::print_json(&doc)?;
+        crate::output::print_json(&doc)?;
         return Ok(0);
     }
     let mut out = std::io::stdout().lock();
@@ -219,28 +220,35 @@ fn stats(runs: &[Manifest], json: bool) -> Result<i32> {
             .iter()
             .map(|(n, s)| serde_json::json!({"stage": n, "runs": s.ran, "success_rate": s.ok as f64 / s.ran as f64, "mean_s": if s.ok > 0 { s.total_s / s.ok as f64 } else { 0.0 }, "last_s": s.last_s}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        output::print_json(&serde_json::json!({ "stages": v }))?;
         return Ok(0);
     }
-    let w = by.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
-    println!(
+    let w = by
+        .keys()
+        .map(|k| k.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = Text::new();
+    out.line(format!(
         "{:<w$}  {:>5}  {:>8}  {:>8}  {:>8}",
         "stage", "runs", "success", "mean", "last"
-    );
+    ));
     for (n, s) in &by {
         let mean = if s.ok > 0 {
             secs(s.total_s / s.ok as f64)
         } else {
             "-".into()
         };
-        println!(
+        out.line(format!(
             "{n:<w$}  {:>5}  {:>7.0}%  {:>8}  {:>8}",
             s.ran,
             100.0 * s.ok as f64 / s.ran as f64,
             mean,
             s.last_s.map(secs).unwrap_or_default()
-        );
+        ));
     }
+    out.print()?;
     Ok(0)
 }
 
@@ -291,9 +299,9 @@ pub fn log(ctx: &Ctx, a: &LogArgs) -> Result<i32> {
         match std::fs::read(&path) {
             Ok(bytes) => {
                 if stage.is_none() {
-                    writeln!(out, "==> {name} <==")?;
+                    output::write_str(&format!("==> {name} <==\n"))?;
                 }
-                out.write_all(&bytes)?;
+                output::write_bytes(&bytes)?;
             }
             Err(_) => {
                 let why = run

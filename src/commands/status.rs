@@ -116,7 +116,6 @@ pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>,
 /// `status --json`.
 #[derive(Serialize)]
 struct StatusJson<'a> {
-    version: u32,
     up_to_date: bool,
     stale: usize,
     stages: Vec<StageJson<'a>>,
@@ -138,7 +137,6 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &StatusArgs) -> Result<i32> {
     let stale = rows.iter().filter(|r| r.attention).count();
     if a.json {
         let doc = StatusJson {
-            version: 1,
             up_to_date: stale == 0,
             stale,
             stages: rows
@@ -152,7 +150,12 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &StatusArgs) -> Result<i32> {
                 })
                 .collect(),
         };
-        crate::report::print_json(&doc)?;
+        // A closed pipe (`| head -c 10`) ends quietly with status's own exit code.
+        if let Err(e) = crate::output::print_json(&doc)
+            && !crate::output::is_closed_pipe(&e)
+        {
+            return Err(e);
+        }
     } else {
         print_table(&rows, rep, ctx.verbose > 0);
         if ctx.verbose > 0 {

@@ -37,7 +37,11 @@ pub fn push(ctx: &Ctx, rep: &Reporter, a: &TransferArgs) -> Result<i32> {
         a.jobs,
         rep.transfer_bar("Pushing"),
     )?;
-    rep.status("Pushed", Tone::Good, &stats.to_string());
+    if a.json {
+        print_stats(&stats, a.all)?;
+    } else {
+        rep.status("Pushed", Tone::Good, &stats.to_string());
+    }
     Ok(0)
 }
 
@@ -49,6 +53,21 @@ pub fn pull(ctx: &Ctx, rep: &Reporter, a: &TransferArgs) -> Result<i32> {
         a.jobs,
         rep.transfer_bar("Pulling"),
     )?;
-    rep.status("Pulled", Tone::Good, &stats.to_string());
+    if a.json {
+        print_stats(&stats, a.all)?;
+    } else {
+        rep.status("Pulled", Tone::Good, &stats.to_string());
+    }
     Ok(0)
+}
+
+/// The `pipe push --json` / `pipe pull --json` document.
+fn print_stats(stats: &crate::remote::TransferStats, all: bool) -> Result<()> {
+    crate::output::print_json(&serde_json::json!({
+        "all": all,
+        "transferred": stats.sent,
+        "skipped": stats.skipped,
+        "bytes": stats.bytes,
+        "missing": stats.missing,
+    }))
 }

@@ -18,6 +18,9 @@ mod core_build;
 mod fuzz;
 /// Hostile caches, remotes and values: tampered entries, full disks, special files, bounds.
 mod hardening;
+/// A first-class CLI: completions, man page, schema, versioned --json, closed pipes,
+/// upward search, DVC import, terminal manners.
+mod manners;
 /// Sweeps: matrix and foreach stages, params files, metrics across members, params diff.
 mod matrix;
 /// Operating day to day: --follow, log --follow, no-op history, run references, hooks.

@@ -91,7 +91,13 @@ fn metrics_are_shown_side_by_side_across_members() {
     let r = ws.pipe(&["metrics"]);
     r.ok().out_has("train@lr=0.01,seed=1").out_has("acc");
     let j = ws.pipe(&["metrics", "--json"]).json();
-    assert_eq!(j["train@lr=0.1,seed=2"]["acc"], serde_json::json!(2));
+    let member = j["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["label"] == "train@lr=0.1,seed=2")
+        .expect("a metrics source for the member");
+    assert_eq!(member["values"]["acc"], serde_json::json!(2));
 }
 
 #[test]

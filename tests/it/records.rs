@@ -269,7 +269,7 @@ outs = ["u.txt"]
     );
 
     // `pipe runs --json` counts them.
-    let runs = ws.pipe(&["runs", "--json"]).ok().json();
+    let runs = ws.pipe(&["runs", "--json"]).ok().json()["runs"].clone();
     let first = &runs[0];
     assert_eq!(first["run_id"], m["run_id"]);
     assert_eq!(first["ran"], 1);
@@ -548,7 +548,7 @@ fn a_release_stage_writes_a_release_manifest() {
         std::fs::read_dir(ws.path(".pipe/runs")).unwrap().count(),
         before
     );
-    let rel = ws.pipe(&["releases", "--json"]).ok().json();
+    let rel = ws.pipe(&["releases", "--json"]).ok().json()["releases"].clone();
     assert_eq!(rel.as_array().unwrap().len(), 1);
 }
 
@@ -572,7 +572,7 @@ fn two_releases_then_rollback_restores_the_first_releases_bytes() {
         .unwrap_or_else(|| panic!("{list}"));
     let b = list.stdout.find(&first).unwrap_or_else(|| panic!("{list}"));
     assert!(a < b, "releases are not newest first\n{list}");
-    let json = ws.pipe(&["releases", "--json"]).ok().json();
+    let json = ws.pipe(&["releases", "--json"]).ok().json()["releases"].clone();
     assert_eq!(json[0]["run_id"], second.as_str());
     assert_eq!(json[1]["run_id"], first.as_str());
 
@@ -656,7 +656,7 @@ outs = ["a.txt"]
     assert!(lines[idx(&r2)].contains("failed"), "{runs}");
     assert!(lines[idx(&r3)].contains("success"), "{runs}");
 
-    let json = ws.pipe(&["runs", "--json"]).ok().json();
+    let json = ws.pipe(&["runs", "--json"]).ok().json()["runs"].clone();
     let ids: Vec<&str> = json
         .as_array()
         .unwrap()
@@ -722,7 +722,7 @@ outs = ["a.txt"]
     left.sort();
     assert_eq!(left, [ids[0].clone(), ids[3].clone(), ids[4].clone()]);
     ws.pipe(&["log", "once"]).ok().out_has("");
-    let json = ws.pipe(&["runs", "--json"]).ok().json();
+    let json = ws.pipe(&["runs", "--json"]).ok().json()["runs"].clone();
     assert_eq!(json.as_array().unwrap().len(), 3);
 }
 
@@ -746,7 +746,7 @@ release = true
         ws.pipe(&["build"]).ok();
         ids.push(run_id(&ws.last_run_dir()));
     }
-    let rel = ws.pipe(&["releases", "--json"]).ok().json();
+    let rel = ws.pipe(&["releases", "--json"]).ok().json()["releases"].clone();
     assert_eq!(rel.as_array().unwrap().len(), 4);
     ws.pipe(&["rollback", &ids[0]]).ok();
     assert_eq!(ws.read("a.txt"), "v0\n");

@@ -162,6 +162,7 @@ fn s3_remote_cache_end_to_end() {
 /// Overwrite an object in the bucket behind pipe's back (a plain, unconditional PUT).
 fn tamper(s3: &Server, bucket: &str, key: &str) {
     use object_store::ObjectStoreExt;
+    pipe::tls::install_crypto_provider(); // rustls with ring, as the pipe binary does
     let store = object_store::aws::AmazonS3Builder::new()
         .with_bucket_name(bucket)
         .with_endpoint(s3.var("PIPE_TEST_S3_ENDPOINT"))
