@@ -45,12 +45,21 @@ pub fn use_color(choice: ColorChoice, stream_is_tty: bool) -> bool {
     match choice {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => {
-            stream_is_tty
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::env::var("TERM").map_or(true, |t| t != "dumb")
-        }
+        ColorChoice::Auto => stream_is_tty && plain_env_allows_decoration(),
     }
+}
+
+/// Neither `NO_COLOR`, `TERM=dumb` nor `CI` asks for plain output.
+fn plain_env_allows_decoration() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
+        && std::env::var_os("CI").is_none_or(|v| v.is_empty())
+}
+
+/// Progress bars redraw the terminal with escape codes: only on a terminal, and never with
+/// `TERM=dumb`, `CI`, `NO_COLOR` or `--color never` (then lines are printed instead).
+pub fn use_bars(choice: ColorChoice, stream_is_tty: bool) -> bool {
+    stream_is_tty && choice != ColorChoice::Never && plain_env_allows_decoration()
 }
 
 pub fn paint(color: bool, tone: Tone, text: &str) -> String {
@@ -73,7 +82,7 @@ impl Reporter {
             quiet,
             verbose,
             color: use_color(color, tty),
-            mp: (tty && !quiet).then(MultiProgress::new),
+            mp: (use_bars(color, tty) && !quiet).then(MultiProgress::new),
             overall: None,
             bars: Mutex::new(HashMap::new()),
             ended: Default::default(),

@@ -1175,3 +1175,31 @@ fn no_escape_codes_with_any_no_colour_setting() {
         }
     }
 }
+
+#[test]
+fn no_progress_bars_or_colour_in_a_build_with_any_plain_setting() {
+    let pipeline = "[stages.a]\ncmd = \"sleep 0.5; echo a\"\nalways = true\n";
+    let ws = Ws::new(pipeline);
+    // On a terminal with nothing said, the bars draw (escape codes), so the check can fail.
+    let Some(fancy) = under_pty(&ws, "build", &[]) else {
+        return;
+    };
+    assert!(
+        fancy.contains('\x1b'),
+        "expected bars on a terminal: {fancy:?}"
+    );
+    for env in [
+        vec![("NO_COLOR", "1")],
+        vec![("TERM", "dumb")],
+        vec![("CI", "true")],
+    ] {
+        let out = under_pty(&ws, "build", &env).unwrap();
+        assert!(
+            !out.contains('\x1b'),
+            "build with {env:?} wrote escape codes: {out:?}"
+        );
+        assert!(out.contains("Finished"), "{out:?}");
+    }
+    let out = under_pty(&ws, "--color never build", &[]).unwrap();
+    assert!(!out.contains('\x1b'), "--color never: {out:?}");
+}
