@@ -225,22 +225,21 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
         }))?;
         return Ok(0);
     }
-    let mb = bytes as f64 / (1 << 20) as f64;
+    // One line, one unit: indicatif's binary byte formatter (2.5 KiB, 1.3 GiB).
+    let size = indicatif::BinaryBytes(bytes);
+    let files = if removed == 1 { "file" } else { "files" };
     if a.dry_run {
         rep.status(
             "Would remove",
             Tone::Info,
-            &format!("{removed} files, {mb:.1} MiB (dry run: nothing removed)"),
+            &format!("{removed} {files}, {size} (dry run: nothing removed)"),
         );
-        crate::output::write_str(&format!(
-            "{removed} files, {bytes} bytes would be removed\n"
-        ))?;
     } else {
         rep.status(
             "Removed",
             Tone::Good,
             &format!(
-                "{removed} files, {mb:.1} MiB; kept {} objects",
+                "{removed} {files}, {size}; kept {} objects",
                 keep.objects.len()
             ),
         );

@@ -55,6 +55,21 @@ impl<'a> Builder<'a> {
         self.diags.push(d);
     }
 
+    /// Record a problem about a `${…}` placeholder at the placeholder itself (not at the start
+    /// of its key): the first `${…}` quoted in `msg` is looked up after the key.
+    pub(super) fn err_placeholder(&mut self, path: &[Seg], stage: Option<&str>, msg: String) {
+        let needle = msg
+            .find("${")
+            .and_then(|i| msg[i..].find('}').map(|j| &msg[i..i + j + 1]));
+        let key = self.src.span(path).map(|s| s.start);
+        let at = match (key, needle) {
+            (Some(k), Some(n)) => self.src.text[k..].find(n).map(|i| k + i).or(key),
+            _ => key,
+        };
+        let d = self.src.diag_at(at, stage, msg);
+        self.diags.push(d);
+    }
+
     /// Record a problem at item `idx` of a stage's list key (`deps`, `outs`, `after`).
     pub(super) fn err_item(&mut self, s: &Stage, key: &str, idx: usize, msg: impl Into<String>) {
         let path = [
@@ -89,6 +104,13 @@ impl<'a> Builder<'a> {
             }
             message = format!("unknown key `{field}`");
         }
+        if let Some(rest) = message.split("duplicate key `").nth(1)
+            && let Some((key, _)) = rest.split_once('`')
+            && message.contains("in table `stages`")
+        {
+            message = format!("stage `{key}` is defined twice");
+            help = Some("rename one of the two, or merge them into one table".into());
+        }
         let stage = offset.and_then(|off| self.stage_at(off));
         let d = self
             .src
@@ -97,9 +119,13 @@ impl<'a> Builder<'a> {
         diags_error(vec![d])
     }
 
-    /// The stage whose table encloses a byte offset (the last stage header before it).
+    /// The stage whose table encloses a byte offset (the last stage header up to the end of
+    /// its line, so an error on a header names that header's stage).
     pub(super) fn stage_at(&self, offset: usize) -> Option<String> {
-        let text = &self.src.text[..offset.min(self.src.text.len())];
+        let all = &self.src.text;
+        let start = offset.min(all.len());
+        let end = all[start..].find('\n').map_or(all.len(), |i| start + i);
+        let text = &all[..end];
         let line = text
             .lines()
             .rev()

@@ -225,7 +225,7 @@ impl<'a> Builder<'a> {
             match r {
                 Ok(s) => s,
                 Err(e) => {
-                    this.err(&key_path(n, key), shown.as_deref().or(Some(n)), e);
+                    this.err_placeholder(&key_path(n, key), shown.as_deref().or(Some(n)), e);
                     String::new()
                 }
             }

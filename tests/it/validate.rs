@@ -495,3 +495,19 @@ fn corrupted_lock_never_panics() {
         }
     }
 }
+
+#[test]
+fn an_unknown_param_points_at_its_placeholder_and_a_twice_defined_stage_is_named() {
+    let ws =
+        Ws::new("[params]\nlr = 1\n[stages.a]\ncmd = \"echo ${params.lrr} > a\"\nouts = [\"a\"]\n");
+    ws.pipe(&["validate"])
+        .code(2)
+        .err_has("Pipeline.toml:4:13: stage `a`: unknown param `lrr`")
+        .err_has("did you mean `lr`?");
+    let ws = Ws::new(
+        "[stages.a]\ncmd = \"echo > a\"\nouts = [\"a\"]\n\n[stages.b]\ncmd = \"x\"\n\n[stages.a]\ncmd = \"y\"\n",
+    );
+    ws.pipe(&["validate"])
+        .code(2)
+        .err_has("Pipeline.toml:8:1: stage `a`: stage `a` is defined twice");
+}
