@@ -10,16 +10,9 @@ pub fn run(ctx: &Ctx, a: &DagArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn mermaid_id(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// Mermaid text in a quoted label: quotes become `#quot;` (Mermaid's entity syntax).
+fn mermaid_label(name: &str) -> String {
+    name.replace('"', "#quot;")
 }
 
 /// The name a stage shows under in a folded view: its matrix group, or itself.
@@ -102,18 +95,15 @@ pub fn render(p: &crate::graph::Pipeline, format: DagFormat, verbose: bool) -> S
             out.push_str("}\n");
         }
         DagFormat::Mermaid => {
+            // Ids are `s<index>`, names only labels: `prep-a` and `prep_a` stay two nodes.
             out.push_str("graph TD\n");
             for &i in &p.order {
                 let s = &p.stages[i];
-                out.push_str(&format!("  {}[\"{}\"]\n", mermaid_id(&s.name), s.name));
+                out.push_str(&format!("  s{i}[\"{}\"]\n", mermaid_label(&s.name)));
             }
             for &i in &p.order {
                 for &u in &p.stages[i].upstream {
-                    out.push_str(&format!(
-                        "  {} --> {}\n",
-                        mermaid_id(&p.stages[u].name),
-                        mermaid_id(&p.stages[i].name)
-                    ));
+                    out.push_str(&format!("  s{u} --> s{i}\n"));
                 }
             }
         }
