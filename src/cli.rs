@@ -70,6 +70,13 @@ Records: .pipe/runs/<run-id>/ (manifest.json, events.jsonl, logs/, gates/); see 
     Build(BuildArgs),
     /// Print the stage graph
     Dag(DagArgs),
+    /// Write one self-contained HTML report of a run (graph, timeline, metrics, gates, releases)
+    #[command(
+        after_help = "Examples:\n  pipe report                 the newest run, to .pipe/report.html\n  \
+pipe report latest -o r.html\n  pipe report 20261122-083000-123\n\n\
+The file opens offline: no network, no CDN, everything inline."
+    )]
+    Report(ReportArgs),
     /// List past runs, newest first
     Runs(RunsArgs),
     /// Show a stage's log from a run (default: the latest run)
@@ -155,6 +162,17 @@ pub enum DagFormat {
     Ascii,
     Dot,
     Mermaid,
+    /// A standalone SVG picture, laid out left to right
+    Svg,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The run to report: a run id or `latest` (default: the newest run)
+    pub run: Option<String>,
+    /// Where to write the HTML (default: .pipe/report.html in the workspace)
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

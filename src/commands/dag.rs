@@ -1,4 +1,4 @@
-//! `pipe dag`: the stage graph as ASCII, Graphviz dot or Mermaid.
+//! `pipe dag`: the stage graph as ASCII, Graphviz dot, Mermaid or SVG.
 
 use super::Ctx;
 use crate::cli::{DagArgs, DagFormat};
@@ -106,6 +106,13 @@ pub fn render(p: &crate::graph::Pipeline, format: DagFormat, verbose: bool) -> S
                     out.push_str(&format!("  s{u} --> s{i}\n"));
                 }
             }
+        }
+        DagFormat::Svg => {
+            out.push_str(&crate::html::dag::render(
+                p,
+                &crate::html::dag::Marks::default(),
+                true,
+            ));
         }
     }
     out

@@ -5,6 +5,7 @@ pub mod gc;
 pub mod init;
 pub mod metrics;
 pub mod releases;
+pub mod report;
 pub mod runs;
 pub mod status;
 pub mod transfer;
