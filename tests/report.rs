@@ -338,4 +338,31 @@ fn big_graphs_fold_into_a_legible_picture() {
         r.stdout.contains("c0 … c149"),
         "the chain folds into one node"
     );
+
+    // 400 distinct stages wired at random to recent ones: nothing folds by shape, so the
+    // picture becomes an overview of bands of ranks.
+    let mut t = String::new();
+    let mut x: u64 = 7;
+    for i in 0..400u64 {
+        let mut deps = vec![];
+        for _ in 0..2 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            if i > 0 {
+                deps.push(format!("\"r/{}\"", i - 1 - (x >> 33) % i.min(30)));
+            }
+        }
+        deps.dedup();
+        t.push_str(&format!(
+            "[stages.r{i}]\ncmd = \"echo > r/{i}\"\nouts = [\"r/{i}\"]\ndeps = [{}]\n",
+            deps.join(", ")
+        ));
+    }
+    let ws = Ws::new(&t);
+    let r = ws.pipe(&["dag", "--format", "svg"]);
+    r.ok();
+    let nodes = r.stdout.matches("<g class=\"node").count();
+    assert!((2..=40).contains(&nodes), "{nodes} nodes drawn");
+    assert!(r.stdout.contains("stages"));
 }

@@ -4,9 +4,10 @@
 //! Big graphs are folded before layout so the picture stays legible and fast: matrix groups
 //! become one node (as `pipe status` folds them); past [`MAX_NODES`], stages with the same
 //! upstream, downstream and state fold together, then unbranched chains of one state; what
-//! is still beyond the cap is left out with a note. Layout is `layout-rs` (a Sugiyama-style
-//! layered layout with crossing minimisation); should it ever panic, a plain longest-path
-//! layering draws the graph instead.
+//! is still beyond the cap folds into bands of ranks (an overview of the shape). Layout is
+//! `layout-rs` (a Sugiyama-style layered layout with crossing minimisation); should it ever
+//! panic, a plain longest-path layering draws the graph instead. In the report a graph too
+//! deep for the page width turns top to bottom, so the page scrolls down, never sideways.
 
 use super::esc;
 use crate::graph::Pipeline;
@@ -269,6 +270,21 @@ fn fold(p: &Pipeline, m: &Marks) -> (Vec<Node>, Vec<(usize, usize)>, usize) {
         }
         nodes = regroup(p, m, &pos_of, nodes, |k, _| head[k]);
     }
+    if nodes.len() > MAX_NODES {
+        // Bands of ranks: an overview of the graph's shape, at most BANDS columns.
+        let edges = edges_of(p, &nodes);
+        let rank = ranks(nodes.len(), &edges);
+        let depth = rank.iter().max().map_or(1, |r| r + 1);
+        nodes = regroup(p, m, &pos_of, nodes, |k, n| {
+            let band = rank[k] * BANDS / depth;
+            let own = if n.gate.is_some() || n.release {
+                k
+            } else {
+                usize::MAX
+            };
+            (band, n.class, own)
+        });
+    }
     let mut left_out = 0;
     if nodes.len() > MAX_NODES {
         left_out = nodes[MAX_NODES..].iter().map(|n| n.members.len()).sum();
@@ -276,6 +292,23 @@ fn fold(p: &Pipeline, m: &Marks) -> (Vec<Node>, Vec<(usize, usize)>, usize) {
     }
     let edges = edges_of(p, &nodes);
     (nodes, edges, left_out)
+}
+
+/// Columns of the overview a graph folds into when nothing else brings it under the cap.
+const BANDS: usize = 10;
+
+/// Longest-path rank of each node (nodes in topological order; edges going back, from
+/// folded cycles, do not rank).
+fn ranks(n: usize, edges: &[(usize, usize)]) -> Vec<usize> {
+    let mut rank = vec![0usize; n];
+    let mut sorted = edges.to_vec();
+    sorted.sort_by_key(|&(_, b)| b);
+    for &(a, b) in &sorted {
+        if a < b {
+            rank[b] = rank[b].max(rank[a] + 1);
+        }
+    }
+    rank
 }
 
 struct Placed {
@@ -340,14 +373,19 @@ mod lr {
     }
 }
 
-fn layout_rs(nodes: &[Node], edges: &[(usize, usize)]) -> Option<Placed> {
+fn layout_rs(nodes: &[Node], edges: &[(usize, usize)], across: bool) -> Option<Placed> {
     use layout::core::base::Orientation;
     use layout::core::geometry::Point;
     use layout::core::style::StyleAttr;
     use layout::std_shapes::shapes::{Arrow, Element, ShapeKind};
     use layout::topo::layout::VisualGraph;
+    let dir = if across {
+        Orientation::LeftToRight
+    } else {
+        Orientation::TopToBottom
+    };
     let run = || {
-        let mut vg = VisualGraph::new(Orientation::LeftToRight);
+        let mut vg = VisualGraph::new(dir);
         vg.dag.set_validate(false);
         let handles: Vec<_> = nodes
             .iter()
@@ -357,7 +395,7 @@ fn layout_rs(nodes: &[Node], edges: &[(usize, usize)]) -> Option<Placed> {
                 vg.add_node(Element::create_with_properties(
                     ShapeKind::new_box(""),
                     StyleAttr::simple(),
-                    Orientation::LeftToRight,
+                    dir,
                     Point::new(w, h),
                     k.to_string(),
                 ))
@@ -420,15 +458,7 @@ fn layout_rs(nodes: &[Node], edges: &[(usize, usize)]) -> Option<Placed> {
 /// position of the upstream nodes (one barycentre pass), straight curves between.
 fn layered(nodes: &[Node], edges: &[(usize, usize)]) -> Placed {
     let n = nodes.len();
-    let mut rank = vec![0usize; n];
-    // Nodes are in topological order; edges going back (folded cycles) do not rank.
-    let mut sorted = edges.to_vec();
-    sorted.sort_by_key(|&(_, b)| b);
-    for &(a, b) in &sorted {
-        if a < b {
-            rank[b] = rank[b].max(rank[a] + 1);
-        }
-    }
+    let rank = ranks(n, edges);
     let ranks = rank.iter().max().map_or(0, |m| m + 1);
     let mut rows: Vec<Vec<usize>> = vec![vec![]; ranks];
     let mut slot = vec![0.0f64; n];
@@ -471,6 +501,16 @@ fn layered(nodes: &[Node], edges: &[(usize, usize)]) -> Placed {
     Placed { rects, paths }
 }
 
+/// The width the report gives the graph, in CSS pixels.
+const PAGE_W: f64 = 1160.0;
+
+fn width(pl: &Placed) -> f64 {
+    let (a, b) = pl.rects.iter().fold((f64::MAX, f64::MIN), |(a, b), r| {
+        (a.min(r.0), b.max(r.0 + r.2))
+    });
+    b - a
+}
+
 /// The CSS of the graph, inside the SVG so the standalone picture looks the same.
 pub const DAG_CSS: &str = include_str!("dag.css");
 
@@ -488,7 +528,18 @@ fn truncate(s: &str, n: usize) -> String {
 /// `.svg` file); otherwise it scales to its container's width (inline in the report).
 pub fn render(p: &Pipeline, m: &Marks, standalone: bool) -> String {
     let (nodes, edges, left_out) = fold(p, m);
-    let placed = layout_rs(&nodes, &edges).unwrap_or_else(|| layered(&nodes, &edges));
+    let mut placed = layout_rs(&nodes, &edges, true);
+    // In the page, a graph too deep for its width turns top to bottom (the page scrolls
+    // down, never sideways); a standalone picture stays left to right.
+    let across = placed.as_ref().map_or(0.0, width);
+    if !standalone
+        && across > 1.6 * PAGE_W
+        && let Some(down) = layout_rs(&nodes, &edges, false)
+        && width(&down) < across
+    {
+        placed = Some(down);
+    }
+    let placed = placed.unwrap_or_else(|| layered(&nodes, &edges));
     let pad = 16.0;
     let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
     for &(x, y, w, h) in &placed.rects {

@@ -373,9 +373,15 @@ fn metrics_section(h: &mut String, i: &Input, history: &[&Run], newest: bool) {
     }
     let _ = writeln!(
         h,
-        "<p class=\"note\">{} metrics over the last {} runs with metrics (x: runs, oldest first, labelled by name or id); dashed red lines are gate thresholds.</p>",
+        "<p class=\"note\">{} {} over the last {} {} with metrics (x: runs, oldest first, labelled by name or id); dashed red lines are gate thresholds.</p>",
         charts.len(),
-        keep.len()
+        if charts.len() == 1 {
+            "metric"
+        } else {
+            "metrics"
+        },
+        keep.len(),
+        if keep.len() == 1 { "run" } else { "runs" }
     );
     h.push_str("<div class=\"charts\">\n");
     for ((group, key), members) in charts.iter().take(MAX_CHARTS) {
