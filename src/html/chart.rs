@@ -54,7 +54,7 @@ pub fn line_chart(labels: &[String], lines: &[Line], thresholds: &[(String, f64)
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .margin(10)
-            .margin_right(24)
+            .margin_right(44)
             .x_label_area_size(30)
             .y_label_area_size(58)
             .build_cartesian_2d(-0.4f64..(n as f64 - 0.6).max(0.6), lo..hi)?;

@@ -371,6 +371,8 @@ fn metrics_section(h: &mut String, i: &Input, history: &[&Run], newest: bool) {
         });
         charts[at].1.push(s);
     }
+    // Metrics a gate checks first: those are the ones a release depends on.
+    charts.sort_by_key(|(_, members)| members.iter().all(|s| s.thresholds.is_empty()));
     let _ = writeln!(
         h,
         "<p class=\"note\">{} {} over the last {} {} with metrics (x: runs, oldest first, labelled by name or id); dashed red lines are gate thresholds.</p>",
