@@ -261,8 +261,15 @@ fn report_shows_failed_gates_and_blocked_stages_and_takes_a_run_and_an_output() 
     assert!(html.contains("gate-mark fail"), "the failed gate is marked");
     assert!(html.contains("acc &gt;= 0.9"));
     assert!(html.contains("gate_failed"));
+    // A stage added since the run is still named, as not in this run.
+    ws.write(
+        "Pipeline.toml",
+        &format!("{GATED}\n[stages.later]\ncmd = \"echo > later.txt\"\nouts = [\"later.txt\"]\n"),
+    );
     ws.pipe(&["report", "latest"]).ok();
-    assert!(ws.exists(".pipe/report.html"));
+    let html = ws.read(".pipe/report.html");
+    check_html(&html, &["make", "ship", "side", "later"]);
+    assert!(html.contains("node not_in_run"));
     ws.pipe(&["report", "20990101-000000-000"])
         .code(2)
         .err_has(&run_id);

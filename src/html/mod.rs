@@ -546,27 +546,31 @@ fn durations_section(h: &mut String, p: &Pipeline, history: &[&Run]) {
 
 fn stages_section(h: &mut String, p: &Pipeline, run: &Run) {
     let m = &run.manifest;
-    let open = if m.stages.len() <= 40 { " open" } else { "" };
-    let _ = write!(
-        h,
-        "<section id=\"stages\">\n<details{open}>\n<summary>Every stage of this run ({})</summary>\n",
-        m.stages.len()
-    );
-    h.push_str("<table class=\"stages\">\n<thead><tr><th>stage</th><th>state</th><th class=\"num\">duration</th><th class=\"num\">attempts</th><th class=\"num\">exit</th><th>why</th></tr></thead>\n<tbody>\n");
-    // Pipeline order first, then stages the pipeline no longer has.
-    let mut names: Vec<&str> = p
-        .order
-        .iter()
-        .map(|&i| p.stages[i].name.as_str())
-        .filter(|n| m.stages.contains_key(*n))
-        .collect();
+    // Pipeline order first (stages the run did not touch too), then stages the pipeline
+    // no longer has.
+    let mut names: Vec<&str> = p.order.iter().map(|&i| p.stages[i].name.as_str()).collect();
     for n in m.stages.keys() {
         if p.stage(n).is_none() {
             names.push(n);
         }
     }
+    let open = if names.len() <= 40 { " open" } else { "" };
+    let _ = write!(
+        h,
+        "<section id=\"stages\">\n<details{open}>\n<summary>Every stage ({}; {} in this run)</summary>\n",
+        names.len(),
+        m.stages.len()
+    );
+    h.push_str("<table class=\"stages\">\n<thead><tr><th>stage</th><th>state</th><th class=\"num\">duration</th><th class=\"num\">attempts</th><th class=\"num\">exit</th><th>why</th></tr></thead>\n<tbody>\n");
     for n in names {
-        let Some(r) = m.stages.get(n) else { continue };
+        let Some(r) = m.stages.get(n) else {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td><span class=\"badge st-not_in_run\">not in this run</span></td><td></td><td></td><td></td><td></td></tr>",
+                esc(n)
+            );
+            continue;
+        };
         let mut why: Vec<String> = r.reasons.iter().map(|x| x.to_string()).collect();
         if let Some(e) = &r.error {
             why.push(e.clone());
