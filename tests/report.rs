@@ -238,8 +238,10 @@ outs = ["out/shipped.json"]
 release = true
 
 [stages.side]
-cmd = "echo side > side.txt"
+cmd = "n=$(cat count 2>/dev/null || echo 0); echo $((n+1)) > count; test $n -ge 1 && echo side > side.txt"
 outs = ["side.txt"]
+retries = 1
+retry_delay = "0.1s"
 "#;
 
 #[test]
@@ -261,6 +263,11 @@ fn report_shows_failed_gates_and_blocked_stages_and_takes_a_run_and_an_output() 
     assert!(html.contains("gate-mark fail"), "the failed gate is marked");
     assert!(html.contains("acc &gt;= 0.9"));
     assert!(html.contains("gate_failed"));
+    assert!(
+        html.contains(" retried\" data-stage=\"side\""),
+        "side's retry is marked"
+    );
+    assert!(html.contains("class=\"retry\""));
     // A stage added since the run is still named, as not in this run.
     ws.write(
         "Pipeline.toml",

@@ -97,9 +97,12 @@ pub fn page(i: &Input) -> String {
             .unwrap_or_default(),
         esc(&status.replace('_', " "))
     );
+    let (spans, total) = data::read_spans(&run.dir);
     let mut meta = vec![format!("started {}", esc(&m.started_at))];
-    if let Some(d) = m.duration_s() {
-        meta.push(format!("took {}", timeline::fmt_secs(d)));
+    // The manifest's times have whole seconds; the event log has milliseconds.
+    let took = m.duration_s().unwrap_or(0.0).max(total);
+    if took > 0.0 {
+        meta.push(format!("took {}", timeline::fmt_secs(took)));
     }
     if !m.host.is_empty() {
         meta.push(format!("on {}", esc(&m.host)));
@@ -166,7 +169,6 @@ pub fn page(i: &Input) -> String {
     h.push_str("</div>\n</section>\n");
 
     // The timeline.
-    let (spans, total) = data::read_spans(&run.dir);
     h.push_str("<section id=\"timeline\">\n<h2>Timeline</h2>\n");
     if spans.is_empty() {
         h.push_str("<p class=\"note\">No stage ran or was restored in this run.</p>\n");
