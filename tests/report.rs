@@ -297,14 +297,20 @@ cmd = "cat a.txt b.txt > c.txt"
 deps = ["a.txt", "b.txt"]
 outs = ["c.txt"]
 release = true
+[stages.s0]
+cmd = "true"
+after = ["join"]
 "#,
     );
     let r = ws.pipe(&["dag", "--format", "mermaid"]);
+    // A plain name is its own id; `prep-a` gets a generated one, moved aside from the
+    // stage that is really named `s0`.
     r.ok()
-        .out_has("s0[\"prep-a\"]")
-        .out_has("s1[\"prep_a\"]")
-        .out_has("s0 --> s2")
-        .out_has("s1 --> s2");
+        .out_has("s0_[\"prep-a\"]")
+        .out_has("prep_a[\"prep_a\"]")
+        .out_has("s0_ --> join")
+        .out_has("prep_a --> join")
+        .out_has("join --> s0\n");
     let r = ws.pipe(&["dag", "--format", "svg"]);
     r.ok();
     let svg = r.stdout.trim();
@@ -313,7 +319,7 @@ release = true
     for s in ["prep-a", "prep_a", "join"] {
         assert!(svg.contains(&format!(">{s}</text>")), "svg lacks {s}");
     }
-    assert_eq!(svg.matches("class=\"edge\"").count(), 2);
+    assert_eq!(svg.matches("class=\"edge\"").count(), 3);
     assert!(svg.contains("node plain release"));
 }
 

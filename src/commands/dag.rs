@@ -10,6 +10,35 @@ pub fn run(ctx: &Ctx, a: &DagArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Mermaid node ids: a name that is already a plain id (letters, digits, `_`) is its own
+/// id, so the text stays readable (`a --> b`); any other gets `s<index>` (made unique),
+/// with the name as its label. Punctuation is never mapped to `_`, which merged `prep-a`
+/// and `prep_a` into one node.
+fn mermaid_ids(p: &crate::graph::Pipeline) -> Vec<String> {
+    let plain = |n: &str| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let mut used: std::collections::HashSet<String> = p
+        .stages
+        .iter()
+        .filter(|s| plain(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
+    p.stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if plain(&s.name) {
+                return s.name.clone();
+            }
+            let mut id = format!("s{i}");
+            while used.contains(&id) {
+                id.push('_');
+            }
+            used.insert(id.clone());
+            id
+        })
+        .collect()
+}
+
 /// Mermaid text in a quoted label: quotes become `#quot;` (Mermaid's entity syntax).
 fn mermaid_label(name: &str) -> String {
     name.replace('"', "#quot;")
@@ -95,15 +124,15 @@ pub fn render(p: &crate::graph::Pipeline, format: DagFormat, verbose: bool) -> S
             out.push_str("}\n");
         }
         DagFormat::Mermaid => {
-            // Ids are `s<index>`, names only labels: `prep-a` and `prep_a` stay two nodes.
+            let id = mermaid_ids(p);
             out.push_str("graph TD\n");
             for &i in &p.order {
                 let s = &p.stages[i];
-                out.push_str(&format!("  s{i}[\"{}\"]\n", mermaid_label(&s.name)));
+                out.push_str(&format!("  {}[\"{}\"]\n", id[i], mermaid_label(&s.name)));
             }
             for &i in &p.order {
                 for &u in &p.stages[i].upstream {
-                    out.push_str(&format!("  s{u} --> s{i}\n"));
+                    out.push_str(&format!("  {} --> {}\n", id[u], id[i]));
                 }
             }
         }
