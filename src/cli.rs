@@ -91,6 +91,13 @@ pipe dag -v                 matrix members unfolded\n  \
 pipe dag --format dot | dot -Tsvg > dag.svg\n  pipe dag --format svg > dag.svg   without Graphviz\n  pipe dag --format mermaid    paste into Markdown"
     )]
     Dag(DagArgs),
+    /// Write one self-contained HTML report of a run (graph, timeline, metrics, gates, releases)
+    #[command(
+        after_help = "Examples:\n  pipe report                 the newest run, to .pipe/report.html\n  \
+pipe report latest -o r.html\n  pipe report 20261122-083000-123\n\n\
+The file opens offline: no network, no CDN, everything inline."
+    )]
+    Report(ReportArgs),
     /// List past runs, newest first
     #[command(
         after_help = "Examples:\n  pipe runs                   newest first: status, duration, stages ran/restored/failed\n  \
@@ -305,8 +312,18 @@ pub enum DagFormat {
     Dot,
     /// Mermaid flowchart (Markdown)
     Mermaid,
-    /// A standalone SVG picture (no Graphviz needed)
+    /// A standalone SVG picture, laid out left to right (no Graphviz needed)
     Svg,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The run to report: a run id, a unique prefix, `latest`, `latest~N` or a --name
+    /// (default: the newest run)
+    pub run: Option<String>,
+    /// Where to write the HTML (default: .pipe/report.html in the workspace)
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

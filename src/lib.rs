@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod gate;
 pub mod graph;
 pub mod hash;
+pub mod html;
 pub mod lockfile;
 pub mod output;
 pub mod params;
@@ -53,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status(a) => commands::status::run(&ctx, &rep, &a),
         Command::Build(a) => commands::build_cmd(&ctx, &mut rep, &a),
         Command::Dag(a) => commands::dag::run(&ctx, &a),
+        Command::Report(a) => commands::report::run(&ctx, &a),
         Command::Runs(a) => commands::runs::runs(&ctx, &rep, &a),
         Command::Log(a) => commands::runs::log(&ctx, &a),
         Command::Gc(a) => commands::gc::run(&ctx, &rep, &a),

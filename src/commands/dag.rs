@@ -1,4 +1,4 @@
-//! `pipe dag`: the stage graph as ASCII, Graphviz dot or Mermaid.
+//! `pipe dag`: the stage graph as ASCII, Graphviz dot, Mermaid or SVG.
 
 use super::Ctx;
 use crate::cli::{DagArgs, DagFormat};
@@ -45,16 +45,38 @@ pub fn json(p: &crate::graph::Pipeline) -> serde_json::Value {
     serde_json::json!({"pipeline": p.name, "stages": stages, "edges": edges})
 }
 
-fn mermaid_id(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
+/// Mermaid node ids: a name that is already a plain id (letters, digits, `_`) is its own
+/// id, so the text stays readable (`a --> b`); any other gets `s<index>` (made unique),
+/// with the name as its label. Punctuation is never mapped to `_`, which merged `prep-a`
+/// and `prep_a` into one node.
+fn mermaid_ids(p: &crate::graph::Pipeline) -> Vec<String> {
+    let plain = |n: &str| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let mut used: std::collections::HashSet<String> = p
+        .stages
+        .iter()
+        .filter(|s| plain(&s.name))
+        .map(|s| s.name.clone())
+        .collect();
+    p.stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if plain(&s.name) {
+                return s.name.clone();
             }
+            let mut id = format!("s{i}");
+            while used.contains(&id) {
+                id.push('_');
+            }
+            used.insert(id.clone());
+            id
         })
         .collect()
+}
+
+/// Mermaid text in a quoted label: quotes become `#quot;` (Mermaid's entity syntax).
+fn mermaid_label(name: &str) -> String {
+    name.replace('"', "#quot;")
 }
 
 /// The name a stage shows under in a folded view: its matrix group, or itself.
@@ -136,110 +158,26 @@ pub fn render(p: &crate::graph::Pipeline, format: DagFormat, verbose: bool) -> S
             }
             out.push_str("}\n");
         }
-        DagFormat::Svg => out.push_str(&svg(p)),
         DagFormat::Mermaid => {
+            let id = mermaid_ids(p);
             out.push_str("graph TD\n");
             for &i in &p.order {
                 let s = &p.stages[i];
-                out.push_str(&format!("  {}[\"{}\"]\n", mermaid_id(&s.name), s.name));
+                out.push_str(&format!("  {}[\"{}\"]\n", id[i], mermaid_label(&s.name)));
             }
             for &i in &p.order {
                 for &u in &p.stages[i].upstream {
-                    out.push_str(&format!(
-                        "  {} --> {}\n",
-                        mermaid_id(&p.stages[u].name),
-                        mermaid_id(&p.stages[i].name)
-                    ));
+                    out.push_str(&format!("  {} --> {}\n", id[u], id[i]));
                 }
             }
         }
-    }
-    out
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// The graph as a standalone SVG: one column per depth (stages with no upstream first),
-/// edges from each upstream stage to its downstream.
-pub fn svg(p: &crate::graph::Pipeline) -> String {
-    let n = p.stages.len();
-    let mut level = vec![0usize; n];
-    for &i in &p.order {
-        level[i] = p.stages[i]
-            .upstream
-            .iter()
-            .map(|&u| level[u] + 1)
-            .max()
-            .unwrap_or(0);
-    }
-    let mut row = vec![0usize; n];
-    let mut per_level: Vec<usize> = Vec::new();
-    for &i in &p.order {
-        if per_level.len() <= level[i] {
-            per_level.resize(level[i] + 1, 0);
-        }
-        row[i] = per_level[level[i]];
-        per_level[level[i]] += 1;
-    }
-    let longest = p
-        .stages
-        .iter()
-        .map(|s| s.name.chars().count())
-        .max()
-        .unwrap_or(4);
-    let (bw, bh, gx, gy, m) = ((longest * 8 + 24) as i64, 32i64, 60i64, 18i64, 16i64);
-    let x = |i: usize| m + level[i] as i64 * (bw + gx);
-    let y = |i: usize| m + row[i] as i64 * (bh + gy);
-    let width = m * 2 + per_level.len().max(1) as i64 * (bw + gx) - gx;
-    // Room below the last row for edges that bend around a column.
-    let height = m * 2 + per_level.iter().copied().max().unwrap_or(1) as i64 * (bh + gy) + gy;
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"monospace\" font-size=\"13\">\n"
-    );
-    out.push_str("  <defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#555\"/></marker></defs>\n");
-    for &i in &p.order {
-        for &u in &p.stages[i].upstream {
-            let (x1, y1, x2, y2) = (x(u) + bw, y(u) + bh / 2, x(i), y(i) + bh / 2);
-            if level[i] - level[u] > 1 {
-                // Skips a column: bend below the boxes in between.
-                let dip = y1.max(y2) + bh / 2 + gy / 2;
-                out.push_str(&format!(
-                    "  <path d=\"M{x1},{y1} C{},{dip} {},{dip} {x2},{y2}\" fill=\"none\" stroke=\"#555\" marker-end=\"url(#arrow)\"/>\n",
-                    x1 + gx,
-                    x2 - gx
-                ));
-            } else {
-                out.push_str(&format!(
-                    "  <line x1=\"{x1}\" y1=\"{y1}\" x2=\"{x2}\" y2=\"{y2}\" stroke=\"#555\" marker-end=\"url(#arrow)\"/>\n"
-                ));
-            }
+        DagFormat::Svg => {
+            out.push_str(&crate::html::dag::render(
+                p,
+                &crate::html::dag::Marks::default(),
+                true,
+            ));
         }
     }
-    for &i in &p.order {
-        let s = &p.stages[i];
-        let fill = if s.frozen {
-            "#e0e0e0"
-        } else if s.release {
-            "#d9f2d9"
-        } else if s.gate.is_some() {
-            "#fff2cc"
-        } else {
-            "#e8f0fe"
-        };
-        out.push_str(&format!(
-            "  <g><title>{name}</title><rect x=\"{}\" y=\"{}\" width=\"{bw}\" height=\"{bh}\" rx=\"6\" fill=\"{fill}\" stroke=\"#333\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" dominant-baseline=\"middle\">{name}</text></g>\n",
-            x(i),
-            y(i),
-            x(i) + bw / 2,
-            y(i) + bh / 2,
-            name = xml_escape(&s.name)
-        ));
-    }
-    out.push_str("</svg>\n");
     out
 }

@@ -8,6 +8,7 @@ pub mod import_dvc;
 pub mod init;
 pub mod metrics;
 pub mod releases;
+pub mod report;
 pub mod runs;
 pub mod status;
 pub mod transfer;

@@ -497,16 +497,17 @@ fn gc_dry_run_reports_and_removes_nothing() {
     ws.write("in.txt", "v2\n");
     ws.pipe(&["build"]).ok();
     let before = files_under(&cache);
-    let r = ws.pipe(&["gc", "--dry-run", "--keep-runs", "0"]);
+    let r = ws.pipe(&["gc", "--dry-run", "--keep-runs", "0", "--json"]);
     r.ok();
     // v1: one object (3 bytes) and one run-cache entry.
     // The count and the bytes: the 3-byte object plus the entry's JSON.
-    let words: Vec<&str> = r.stdout.split_whitespace().collect();
-    assert_eq!(words.get(..2), Some(&["2", "files,"][..]), "no count\n{r}");
-    let bytes: u64 = words[2]
-        .parse()
-        .unwrap_or_else(|_| panic!("no byte count\n{r}"));
-    assert_eq!(words[3], "bytes", "{r}");
+    let v = r.json();
+    assert_eq!(v["removed_files"], 2, "{r}");
+    let bytes = v["removed_bytes"].as_u64().unwrap();
+    // The terminal line says it once, in one unit.
+    ws.pipe(&["gc", "--dry-run", "--keep-runs", "0"])
+        .ok()
+        .err_has("Would remove 2 files,");
     let entry = files_under(&cache.join("runs"))
         .iter()
         .map(|f| std::fs::metadata(f).unwrap().len())
@@ -516,9 +517,8 @@ fn gc_dry_run_reports_and_removes_nothing() {
     assert_eq!(files_under(&cache), before, "dry run removed something");
     // Nothing unreferenced: the dry run says zero.
     ws.pipe(&["gc", "--keep-runs", "0"]).ok();
-    let r = ws.pipe(&["gc", "--dry-run", "--keep-runs", "0"]);
-    r.ok();
-    assert!(r.stdout.starts_with("0 files, 0 bytes"), "{r}");
+    let r = ws.pipe(&["gc", "--dry-run", "--keep-runs", "0", "--json"]);
+    assert_eq!(r.json()["removed_files"], 0, "{r}");
 }
 
 #[test]

@@ -36,6 +36,8 @@ mod releases;
 mod reliability;
 /// The remote cache against a real S3 server on 127.0.0.1 (tests/servers/s3.sh).
 mod remote_s3;
+/// `pipe report` (rendered in headless Chromium) and `pipe dag --format svg`.
+mod report;
 /// No stage outlives pipe (kill -9, SIGHUP, leftovers), live and dead builds, the queue.
 mod safety;
 /// The Slurm executor against a real one-node Slurm (tests/servers/slurm.sh).

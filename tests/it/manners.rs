@@ -454,7 +454,7 @@ fn json_dag_validate_gc() {
         "{svg}"
     );
     assert!(
-        svg.stdout.contains(">a</text>") && svg.stdout.contains("<line "),
+        svg.stdout.contains(">a</text>") && svg.stdout.contains("<path"),
         "{svg}"
     );
     assert!(svg.stdout.trim_end().ends_with("</svg>"));
