@@ -255,3 +255,97 @@ fn runs_recorded_before_metrics_were_read_from_the_cache() {
     std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
     ws.pipe(&["metrics", "--runs"]).ok().out_has("0.85 (-0.03)");
 }
+
+const CONFIGURED: &str = r#"
+[params]
+board = "hex8"
+[params.train]
+lr = 0.1
+epochs = 10
+[stages.train]
+cmd = "echo ${params.board} ${params.train.lr} ${params.train.epochs} > out.txt"
+outs = ["out.txt"]
+params = ["board", "train"]
+"#;
+
+#[test]
+fn a_params_file_overrides_params_for_one_run_and_set_wins() {
+    let ws = Ws::new(CONFIGURED);
+    ws.write("conf.json", r#"{"train": {"lr": 0.5}, "board": "hex9"}"#);
+    ws.write("conf.yaml", "train:\n  epochs: 20\n");
+    ws.write("conf.toml", "[train]\nlr = 0.25\n");
+
+    ws.pipe(&["build", "--params-file", "conf.json"]).ok();
+    assert_eq!(ws.read("out.txt"), "hex9 0.5 10\n");
+    assert_eq!(ws.last_manifest()["params"]["train.lr"], 0.5);
+    ws.pipe(&["status", "--params-file", "conf.json"]).ok();
+    ws.pipe(&["status"]).code(1).out_has("train.lr");
+
+    ws.pipe(&["build", "--params-file", "conf.yaml"]).ok();
+    assert_eq!(ws.read("out.txt"), "hex8 0.1 20\n");
+    ws.pipe(&[
+        "build",
+        "--params-file",
+        "conf.toml",
+        "--set",
+        "train.lr=0.3",
+    ])
+    .ok();
+    assert_eq!(ws.read("out.txt"), "hex8 0.3 10\n");
+
+    // Relative to the folder pipe was started in, also below the workspace.
+    ws.write("sub/c.yml", "board: sub\n");
+    let r: Run = ws
+        .cmd(&["build", "--params-file", "c.yml"])
+        .current_dir(ws.path("sub"))
+        .output()
+        .unwrap()
+        .into();
+    r.ok();
+    assert_eq!(ws.read("out.txt"), "sub 0.1 10\n");
+}
+
+#[test]
+fn a_params_file_value_of_another_type_or_key_is_an_error() {
+    let ws = Ws::new(CONFIGURED);
+    ws.write("bad.json", r#"{"train": {"lr": "abc"}}"#);
+    ws.pipe(&["build", "--params-file", "bad.json"])
+        .code(2)
+        .err_has("train.lr")
+        .err_has("a number")
+        .err_has("a string")
+        .err_has("bad.json");
+    ws.pipe(&["build", "--set", "train.lr=abc"])
+        .code(2)
+        .err_has("train.lr")
+        .err_has("a string");
+    assert!(!ws.exists("out.txt"));
+    ws.write("typo.yaml", "train:\n  lrr: 0.2\n");
+    ws.pipe(&["build", "--params-file", "typo.yaml"])
+        .code(2)
+        .err_has("train.lrr");
+    ws.write("broken.yaml", "train: [\n");
+    ws.pipe(&["build", "--params-file", "broken.yaml"])
+        .code(2)
+        .err_has("YAML");
+    ws.pipe(&["build", "--params-file", "missing.json"])
+        .code(2)
+        .err_has("missing.json");
+    // An integer for a float and a number given as text to a string param are fine.
+    ws.write("ok.json", r#"{"train": {"lr": 1, "epochs": 12.5}}"#);
+    ws.pipe(&["build", "--params-file", "ok.json", "--set", "board=123"])
+        .ok();
+    assert_eq!(ws.read("out.txt"), "123 1 12.5\n");
+}
+
+#[test]
+fn params_file_in_the_pipeline_may_be_yaml() {
+    let ws = Ws::new(
+        "params_file = \"params.yaml\"\n[stages.a]\ncmd = \"echo ${params.model.depth} ${params.name} > a.txt\"\nouts = [\"a.txt\"]\nparams = [\"model\"]\n",
+    );
+    ws.write("params.yaml", "model:\n  depth: 4\nname: resnet\n");
+    ws.pipe(&["build"]).ok();
+    assert_eq!(ws.read("a.txt"), "4 resnet\n");
+    ws.pipe(&["build", "--set", "model.depth=6"]).ok();
+    assert_eq!(ws.read("a.txt"), "6 resnet\n");
+}
