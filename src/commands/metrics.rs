@@ -46,7 +46,7 @@ type Column = (String, BTreeMap<String, serde_json::Value>);
 /// Where a column's values came from, for `--json`.
 #[derive(serde::Serialize)]
 struct Source<'a> {
-    label: &'a str,
+    label: String,
     stage: String,
     file: String,
     run_id: Option<String>,
@@ -86,7 +86,7 @@ pub fn metrics(ctx: &Ctx, a: &MetricsArgs) -> Result<i32> {
             .iter()
             .zip(origin)
             .map(|((label, values), (stage, file))| Source {
-                label,
+                label: label.clone(),
                 stage,
                 file,
                 run_id: None,
@@ -457,7 +457,8 @@ fn compare(ctx: &Ctx, a: &MetricsArgs) -> Result<i32> {
             .flat_map(|&i| {
                 let (m, srcs) = &rows[i];
                 srcs.iter().map(move |s| Source {
-                    label: &s.stage,
+                    // As `--runs A B` always labelled them.
+                    label: format!("{} {}", m.run_id, s.stage),
                     stage: s.stage.clone(),
                     file: s.file.clone(),
                     run_id: Some(m.run_id.clone()),
