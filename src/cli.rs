@@ -121,7 +121,8 @@ pipe gc --keep-runs 5       keep only what the newest 5 runs (and the lock, rele
     /// Show the metrics files of stages that declare `metrics`
     #[command(
         after_help = "Examples:\n  pipe metrics                one row per metric, one column per stage or matrix member\n  \
-pipe metrics --runs A B     the metrics two runs recorded\n  pipe metrics --json"
+pipe metrics --runs         the last 10 runs with metrics, one row each, changes against the first\n  \
+pipe metrics --runs A B C --baseline B --sort acc --desc\n  pipe metrics --runs --csv > sweep.csv\n  pipe metrics --json"
     )]
     Metrics(MetricsArgs),
     /// Compare params between runs
@@ -248,6 +249,9 @@ pub struct StatusArgs {
     /// Override a param for this check (KEY=VALUE, the value read as TOML)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Override params from a TOML, JSON or YAML file (by extension); --set wins
+    #[arg(long = "params-file", value_name = "FILE")]
+    pub params_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +279,9 @@ pub struct BuildArgs {
     /// Override a param for this run (KEY=VALUE, the value read as TOML)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Override params for this run from a TOML, JSON or YAML file (by extension); --set wins
+    #[arg(long = "params-file", value_name = "FILE")]
+    pub params_file: Option<std::path::PathBuf>,
     /// Run stages instead of restoring their outs from the cache
     #[arg(long)]
     pub no_cache: bool,
@@ -374,12 +381,25 @@ pub struct GcArgs {
 
 #[derive(Args, Debug)]
 pub struct MetricsArgs {
-    /// Compare two runs (ids) instead of the workspace's current metrics
-    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    /// Compare runs, one row each (id, unique prefix, `latest`, `latest~N` or a --name;
+    /// default: the last 10 runs with metrics, oldest first)
+    #[arg(long, num_args = 0.., value_name = "RUN")]
     pub runs: Option<Vec<String>>,
+    /// Compare runs (implies --runs) showing changes against this one (default: the first row)
+    #[arg(long, value_name = "RUN")]
+    pub baseline: Option<String>,
+    /// Compare runs (implies --runs) ordered by this metric (ascending; see --desc)
+    #[arg(long, value_name = "METRIC")]
+    pub sort: Option<String>,
+    /// With --sort: largest first
+    #[arg(long, requires = "sort")]
+    pub desc: bool,
     /// Print a JSON document on stdout
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     pub json: bool,
+    /// Compare runs as CSV (one row per run) on stdout
+    #[arg(long)]
+    pub csv: bool,
 }
 
 #[derive(Args, Debug)]

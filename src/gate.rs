@@ -200,7 +200,7 @@ pub fn evaluate(
         }
     };
     result.file_hash = Some(blake3::hash(&bytes).to_hex().to_string());
-    let json: serde_json::Value = match serde_json::from_slice(&bytes) {
+    let json: serde_json::Value = match parse_metrics(&bytes) {
         Ok(j) => j,
         Err(e) => {
             result.error = Some(format!("gate file `{}` is not valid JSON: {e}", spec.file));
@@ -214,7 +214,14 @@ pub fn evaluate(
                 None,
                 Some(format!("key `{}` not found in `{}`", c.key, spec.file)),
             ),
-            Some(v) => match v.as_f64() {
+            Some(v) => match number(v) {
+                Some(n) if n.is_nan() => (
+                    None,
+                    Some(format!(
+                        "`{}` in `{}` is NaN, not a number to compare",
+                        c.key, spec.file
+                    )),
+                ),
                 Some(n) => (Some(n), None),
                 None => (
                     None,
@@ -238,6 +245,88 @@ pub fn evaluate(
     }
     result.passed = overridden || result.checks.iter().all(|c| c.passed);
     result
+}
+
+/// Parse a metrics JSON file. Python's `json.dump` (and others) write bare `NaN`,
+/// `Infinity` and `-Infinity`, which JSON has no room for: when strict parsing fails, such
+/// tokens outside strings are read as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`
+/// (see [`number`]) and the file is parsed again.
+pub fn parse_metrics(bytes: &[u8]) -> serde_json::Result<serde_json::Value> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(v),
+        Err(e) => match quote_non_finite(bytes) {
+            Some(fixed) => serde_json::from_slice(&fixed).map_err(|_| e),
+            None => Err(e),
+        },
+    }
+}
+
+/// `bytes` with bare `NaN` / `Infinity` / `-Infinity` / `+Infinity` outside strings quoted,
+/// or None when there are none.
+fn quote_non_finite(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    let (mut in_str, mut escaped, mut changed) = (false, false, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_str {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_str = true;
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let rest = &bytes[i..];
+        let boundary = |n: usize| rest.get(n).is_none_or(|c| !c.is_ascii_alphanumeric());
+        let token = [
+            ("NaN", "NaN"),
+            ("Infinity", "Infinity"),
+            ("-Infinity", "-Infinity"),
+            ("+Infinity", "Infinity"),
+        ]
+        .into_iter()
+        .find(|(t, _)| rest.starts_with(t.as_bytes()) && boundary(t.len()));
+        match token {
+            Some((t, shown)) => {
+                out.push(b'"');
+                out.extend_from_slice(shown.as_bytes());
+                out.push(b'"');
+                i += t.len();
+                changed = true;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+/// A metric value as a number: JSON numbers, and the strings `"NaN"`, `"Infinity"` and
+/// `"-Infinity"` that [`parse_metrics`] makes of bare tokens.
+pub fn number(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "Infinity" => Some(f64::INFINITY),
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// A dotted path into JSON; numbers index arrays (`folds.0.acc`).
@@ -303,5 +392,20 @@ mod tests {
         assert!(r.checks[1].error.as_ref().unwrap().contains("not a number"));
         assert!(r.checks[2].error.as_ref().unwrap().contains("not found"));
         assert_eq!(spec.name, "ev_gate");
+    }
+
+    #[test]
+    fn bare_nan_and_infinity_parse_leniently_and_nan_fails_a_gate() {
+        let v = parse_metrics(br#"{"acc": NaN, "s": "NaN x", "l": -Infinity, "NaNo": 1}"#).unwrap();
+        assert!(number(&v["acc"]).unwrap().is_nan());
+        assert_eq!(v["s"], "NaN x");
+        assert_eq!(number(&v["l"]), Some(f64::NEG_INFINITY));
+        assert!(parse_metrics(b"{\"a\": NaNx}").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.json"), "{\"acc\": NaN}").unwrap();
+        let spec = GateSpec::parse("ev", None, "m.json", &["acc != 0.5".into()]).unwrap();
+        let r = evaluate(&spec, "ev", dir.path(), false);
+        assert!(!r.passed);
+        assert!(r.failures()[0].contains("NaN"), "{:?}", r.failures());
     }
 }

@@ -56,6 +56,110 @@ pub fn set_existing(table: &mut toml::Table, key: &str, value: toml::Value) -> R
     Ok(())
 }
 
+/// Override a param that exists, keeping its type: a number stays a number (an integer may
+/// become a float and back), a string a string, and so on; a value of another type is an
+/// error naming the key and both types. `from_text` (a `--set` value) lets a string param
+/// take the text as given: `--set tag=123` sets the string "123".
+pub fn override_param(
+    table: &mut toml::Table,
+    key: &str,
+    value: toml::Value,
+    from_text: bool,
+) -> Result<(), String> {
+    use toml::Value as V;
+    let value = match (lookup(table, key), value) {
+        (
+            Some(V::String(_)),
+            v @ (V::Integer(_) | V::Float(_) | V::Boolean(_) | V::Datetime(_)),
+        ) if from_text => V::String(v.to_string()),
+        (_, v) => v,
+    };
+    if let Some(old) = lookup(table, key)
+        && kind(old) != kind(&value)
+    {
+        return Err(format!(
+            "param `{key}` is {} in the pipeline ({}), but the override gives {} ({})",
+            kind(old),
+            shown(old),
+            kind(&value),
+            shown(&value)
+        ));
+    }
+    set_existing(table, key, value)
+}
+
+/// A value's type as a person names it; integers and floats are both numbers.
+pub fn kind(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::Integer(_) | toml::Value::Float(_) => "a number",
+        toml::Value::String(_) => "a string",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date",
+        toml::Value::Array(_) => "a list",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+fn shown(v: &toml::Value) -> String {
+    let t = v.to_string();
+    if t.chars().count() > 40 {
+        format!("{}…", t.chars().take(40).collect::<String>())
+    } else {
+        t
+    }
+}
+
+/// Read a params file by its extension: `.json`, `.yaml` / `.yml`, else TOML. The top level
+/// must be a table (an object, a mapping).
+pub fn read_file(path: &std::path::Path) -> Result<toml::Table, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let value = match ext.as_str() {
+        "json" => serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| format!("not valid JSON: {e}"))
+            .and_then(|v| json_to_toml(&v))?,
+        "yaml" | "yml" => serde_yaml_ng::from_str::<serde_json::Value>(&text)
+            .map_err(|e| format!("not valid YAML: {e}"))
+            .and_then(|v| match v {
+                // An empty YAML file is an empty mapping.
+                serde_json::Value::Null => Ok(toml::Value::Table(toml::Table::new())),
+                v => json_to_toml(&v),
+            })?,
+        _ => toml::Value::Table(
+            toml::from_str::<toml::Table>(&text).map_err(|e| format!("not valid TOML: {e}"))?,
+        ),
+    };
+    match value {
+        toml::Value::Table(t) => Ok(t),
+        _ => Err("the top level must be a table of params (KEY: VALUE)".into()),
+    }
+}
+
+/// A JSON (or YAML) value as a TOML one; null has no TOML form and is refused.
+pub fn json_to_toml(v: &serde_json::Value) -> Result<toml::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        J::Null => return Err("null values are not allowed in params".into()),
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => toml::Value::Integer(i),
+            None => toml::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(a) => toml::Value::Array(a.iter().map(json_to_toml).collect::<Result<_, _>>()?),
+        J::Object(o) => {
+            let mut t = toml::Table::new();
+            for (k, v) in o {
+                t.insert(k.clone(), json_to_toml(v)?);
+            }
+            toml::Value::Table(t)
+        }
+    })
+}
+
 fn unknown_key_msg(key: &str, table: &toml::Table) -> String {
     let prefix = key
         .rsplit_once('.')
@@ -220,6 +324,24 @@ mod tests {
             substitute("echo ${HOME", |_, _| Ok(String::new())).unwrap(),
             "echo ${HOME"
         );
+    }
+
+    #[test]
+    fn overrides_keep_the_type() {
+        let mut t: toml::Table =
+            toml::from_str("tag = \"v1\"\n[train]\nlr = 0.1\nepochs = 10\n").unwrap();
+        override_param(&mut t, "train.lr", toml::Value::Integer(1), false).unwrap();
+        override_param(&mut t, "train.epochs", toml::Value::Float(2.5), false).unwrap();
+        let e = override_param(&mut t, "train.lr", toml::Value::String("abc".into()), true)
+            .unwrap_err();
+        assert!(
+            e.contains("train.lr") && e.contains("a number") && e.contains("a string"),
+            "{e}"
+        );
+        override_param(&mut t, "tag", toml::Value::Integer(123), true).unwrap();
+        assert_eq!(lookup(&t, "tag"), Some(&toml::Value::String("123".into())));
+        assert!(override_param(&mut t, "tag", toml::Value::Integer(1), false).is_err());
+        assert!(override_param(&mut t, "train", toml::Value::Integer(1), false).is_err());
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub struct RawPipeline {
     /// Pipeline-wide settings.
     #[serde(default)]
     pub pipeline: RawMeta,
-    /// A TOML (or `.json`) file whose values are merged under `[params]`.
+    /// A TOML, JSON (`.json`) or YAML (`.yaml`, `.yml`) file whose values are merged under
+    /// `[params]`.
     pub params_file: Option<String>,
     /// Named capacity pools (`gpu = 2`); stages take units with `resources`.
     #[serde(default)]

@@ -80,8 +80,25 @@ impl Ctx {
     }
 
     pub fn load(&self, sets: &[String]) -> Result<Pipeline> {
+        self.load_with(sets, None)
+    }
+
+    /// Load with `--set` values and a `--params-file` (relative to the folder pipe was
+    /// started in, before the upward search moves to the workspace).
+    pub fn load_with(&self, sets: &[String], params_file: Option<&Path>) -> Result<Pipeline> {
+        let params_file = match params_file {
+            Some(f) if f.is_relative() => Some(
+                std::env::current_dir()
+                    .map_err(|e| invalid(format!("cannot read the current folder: {e}")))?
+                    .join(f),
+            ),
+            f => f.map(Path::to_path_buf),
+        };
         let (file, display) = self.locate()?;
-        let mut opts = LoadOptions::default();
+        let mut opts = LoadOptions {
+            params_file,
+            ..LoadOptions::default()
+        };
         for s in sets {
             opts.overrides
                 .push(crate::params::parse_set(s).map_err(invalid)?);
@@ -186,7 +203,7 @@ fn diagnostics(text: &str) -> Vec<serde_json::Value> {
 }
 
 pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
-    let p = ctx.load(&a.set)?;
+    let p = ctx.load_with(&a.set, a.params_file.as_deref())?;
     for g in &a.override_gate {
         if !p
             .stages

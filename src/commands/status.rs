@@ -132,7 +132,7 @@ struct StageJson<'a> {
 }
 
 pub fn run(ctx: &Ctx, rep: &Reporter, a: &StatusArgs) -> Result<i32> {
-    let p = ctx.load(&a.set)?;
+    let p = ctx.load_with(&a.set, a.params_file.as_deref())?;
     let (rows, files_read) = rows(&p, &a.stages)?;
     let stale = rows.iter().filter(|r| r.attention).count();
     if a.json {

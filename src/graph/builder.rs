@@ -143,8 +143,19 @@ impl<'a> Builder<'a> {
             self.merge_params_file(pf, &mut params);
             self.bail_if_errors()?;
         }
+        // `--params-file`, then `--set` (which wins): each value overrides a param that
+        // exists, keeping its type.
+        if let Some(f) = &self.opts.params_file {
+            let shown = f.display();
+            let table =
+                params::read_file(f).map_err(|e| invalid(format!("--params-file {shown}: {e}")))?;
+            for (key, value) in spec::flatten_params(&table) {
+                params::override_param(&mut params, &key, value, false)
+                    .map_err(|e| invalid(format!("--params-file {shown}: {e}")))?;
+            }
+        }
         for (key, value) in &self.opts.overrides {
-            params::set_existing(&mut params, key, value.clone())
+            params::override_param(&mut params, key, value.clone(), true)
                 .map_err(|e| invalid(format!("--set {key}: {e}")))?;
         }
         match raw.pipeline.jobs {
@@ -340,38 +351,13 @@ impl<'a> Builder<'a> {
     }
 
     pub(super) fn merge_params_file(&mut self, file: &str, params: &mut toml::Table) {
-        let path = self.root.join(file);
-        let text = match std::fs::read_to_string(&path) {
+        let loaded = match params::read_file(&self.root.join(file)) {
             Ok(t) => t,
             Err(e) => {
                 self.err(
                     &[Seg::Key("params_file")],
                     None,
-                    format!("cannot read params file `{file}`: {e}"),
-                );
-                return;
-            }
-        };
-        let loaded: Result<toml::Table, String> = if file.ends_with(".json") {
-            serde_json::from_str::<serde_json::Value>(&text)
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    json_to_toml(&v).and_then(|t| {
-                        t.as_table()
-                            .cloned()
-                            .ok_or_else(|| "the top level must be an object".into())
-                    })
-                })
-        } else {
-            toml::from_str(&text).map_err(|e| e.to_string())
-        };
-        let loaded = match loaded {
-            Ok(t) => t,
-            Err(e) => {
-                self.err(
-                    &[Seg::Key("params_file")],
-                    None,
-                    format!("params file `{file}` is invalid: {e}"),
+                    format!("params file `{file}`: {e}"),
                 );
                 return;
             }
@@ -453,29 +439,4 @@ fn deep_merge(into: &mut toml::Table, from: toml::Table) {
             }
         }
     }
-}
-
-fn json_to_toml(v: &serde_json::Value) -> std::result::Result<toml::Value, String> {
-    use serde_json::Value as J;
-    Ok(match v {
-        J::Null => return Err("null values are not allowed in params".into()),
-        J::Bool(b) => toml::Value::Boolean(*b),
-        J::Number(n) => match n.as_i64() {
-            Some(i) => toml::Value::Integer(i),
-            None => toml::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        J::String(s) => toml::Value::String(s.clone()),
-        J::Array(a) => toml::Value::Array(
-            a.iter()
-                .map(json_to_toml)
-                .collect::<std::result::Result<_, _>>()?,
-        ),
-        J::Object(o) => {
-            let mut t = toml::Table::new();
-            for (k, v) in o {
-                t.insert(k.clone(), json_to_toml(v)?);
-            }
-            toml::Value::Table(t)
-        }
-    })
 }

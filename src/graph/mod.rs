@@ -117,10 +117,12 @@ pub struct Pipeline {
     pub slurm: SlurmConfig,
 }
 
-/// What the loader needs beyond the file: `--set` overrides.
+/// What the loader needs beyond the file: `--params-file` and `--set` overrides.
 #[derive(Default, Clone)]
 pub struct LoadOptions {
     pub overrides: Vec<(String, toml::Value)>,
+    /// A TOML, JSON or YAML file whose values override params (before `--set`).
+    pub params_file: Option<PathBuf>,
 }
 
 impl Pipeline {

@@ -100,10 +100,52 @@ impl<'a> Ledger<'a> {
             self.flush(false)?;
         }
         markers::remove(&self.p.layout, stage);
-        self.record(stage).outs = outs;
+        let metrics = self.read_metrics(stage);
+        let r = self.record(stage);
+        r.outs = outs;
+        r.metrics = metrics;
         Ok(())
     }
+
+    /// The values of a stage's `metrics` files as they are now (it just ran or was
+    /// restored). A missing, oversized or unreadable file is left out with a note in the
+    /// trace: the record is history, not a check.
+    fn read_metrics(&self, stage: &str) -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
+        let Some(s) = self.p.index.get(stage).map(|&i| &self.p.stages[i]) else {
+            return out;
+        };
+        for file in &s.metrics {
+            let path = self.p.root.join(file);
+            match std::fs::metadata(&path) {
+                Ok(md) if md.len() > MAX_METRICS_BYTES => {
+                    tracing::warn!(
+                        stage,
+                        file,
+                        bytes = md.len(),
+                        "metrics file too large to record"
+                    );
+                    continue;
+                }
+                Ok(_) => {}
+                Err(_) => continue,
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            match crate::gate::parse_metrics(&bytes) {
+                Ok(v) => {
+                    out.insert(file.clone(), v);
+                }
+                Err(e) => tracing::warn!(stage, file, "metrics file is not JSON: {e}"),
+            }
+        }
+        out
+    }
 }
+
+/// Metrics files larger than this are not copied into the run manifest.
+const MAX_METRICS_BYTES: u64 = 1 << 20;
 
 fn lock_outs(outs: &BTreeMap<String, crate::cache::CachedOut>) -> BTreeMap<String, OutRecord> {
     outs.iter()

@@ -48,6 +48,11 @@ pub struct StageRecord {
     pub gate: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// The values of the stage's `metrics` files when it ran or was restored (file → its
+    /// JSON; a bare `NaN`/`Infinity` is kept as the string `"NaN"`/`"Infinity"`), so
+    /// `pipe metrics --runs` compares runs after the files changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, serde_json::Value>,
 }
 
 impl StageRecord {
@@ -65,6 +70,7 @@ impl StageRecord {
             error: None,
             gate: None,
             job_id: None,
+            metrics: BTreeMap::new(),
         }
     }
 }

@@ -23,6 +23,8 @@ mod hardening;
 mod manners;
 /// Sweeps: matrix and foreach stages, params files, metrics across members, params diff.
 mod matrix;
+/// Comparing runs: metrics recorded per run, `pipe metrics --runs`, NaN, `--params-file`.
+mod metrics_runs;
 /// Operating day to day: --follow, log --follow, no-op history, run references, hooks.
 mod operations;
 /// Exact output (insta snapshots in snapshots/): the status table, the build summary, the
