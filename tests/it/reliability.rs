@@ -262,7 +262,10 @@ fn interrupt_stops_the_stage(sig: i32) {
     ws.write("in.txt", "2\n");
     ws.write("slow", "");
     let mut child = ws.spawn(&["build"], "int.err");
-    wait_until("the stage's child to start", || ws.exists("child.pid"));
+    // The shell creates the file before it writes the pid: wait for a whole pid.
+    wait_until("the stage's child to start", || {
+        read_pid(&ws, "child.pid").is_some()
+    });
     let pid = read_pid(&ws, "child.pid").unwrap();
     assert!(alive(pid));
     signal(&child, sig);
