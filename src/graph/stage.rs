@@ -620,7 +620,17 @@ impl<'a> Builder<'a> {
 fn check_inside(root: &Path, rel: &str) -> std::result::Result<(), String> {
     let mut p = root.join(rel);
     loop {
-        if std::fs::symlink_metadata(&p).is_ok() {
+        if let Ok(meta) = std::fs::symlink_metadata(&p) {
+            // Not a symlink itself: only a symlinked folder on the way could lead out, and
+            // folders are checked once each (a thousand outs in one folder: one check).
+            let real_dir = if meta.file_type().is_symlink() {
+                false
+            } else {
+                p.parent().is_none_or(|d| real_folder(root, d))
+            };
+            if real_dir {
+                return Ok(());
+            }
             let real = p
                 .canonicalize()
                 .map_err(|e| format!("cannot be resolved: {e}"))?;
@@ -636,4 +646,22 @@ fn check_inside(root: &Path, rel: &str) -> std::result::Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// Whether `dir` (inside the canonical `root`) is reached without any symlink: each folder
+/// is looked at once per process.
+fn real_folder(root: &Path, dir: &Path) -> bool {
+    thread_local! {
+        static SEEN: std::cell::RefCell<HashMap<PathBuf, bool>> = Default::default();
+    }
+    if dir == root || !dir.starts_with(root) {
+        return dir == root;
+    }
+    if let Some(known) = SEEN.with(|s| s.borrow().get(dir).copied()) {
+        return known;
+    }
+    let plain = std::fs::symlink_metadata(dir).is_ok_and(|m| !m.file_type().is_symlink())
+        && dir.parent().is_some_and(|d| real_folder(root, d));
+    SEEN.with(|s| s.borrow_mut().insert(dir.to_path_buf(), plain));
+    plain
 }
