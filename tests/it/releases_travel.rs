@@ -1,0 +1,94 @@
+//! Releases that travel and the last pieces of issue 14: release manifests and their objects
+//! through a `file://` remote into a fresh clone, gates of foreach/matrix members, external
+//! deps, symlink outs.
+
+use crate::harness::*;
+
+fn pipeline(remote: &std::path::Path) -> String {
+    format!(
+        r#"
+[stages.train]
+cmd = "cp data.txt model.bin; mkdir -p weights; cp data.txt weights/w.bin"
+deps = ["data.txt"]
+outs = ["model.bin", "weights"]
+
+[stages.promote]
+cmd = "mkdir -p release && cp model.bin release/model.bin && rm -rf release/weights && cp -r weights release/weights"
+deps = ["model.bin", "weights"]
+outs = ["release/model.bin", "release/weights"]
+release = true
+
+[remote]
+url = "file://{}"
+"#,
+        remote.display()
+    )
+}
+
+fn releases(ws: &Ws) -> Vec<serde_json::Value> {
+    ws.pipe(&["releases", "--json"]).ok().json()["releases"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_fresh_clone_pulls_the_teams_releases_and_rolls_back_to_one() {
+    let remote = tempfile::tempdir().unwrap();
+    let text = pipeline(remote.path());
+    let a = Ws::new(&text);
+    a.write("data.txt", "model v1\n");
+    a.pipe(&["build"]).ok();
+    let first = releases(&a)[0]["run_id"].as_str().unwrap().to_string();
+    a.write("data.txt", "model v2\n");
+    a.pipe(&["build"]).ok();
+    assert_eq!(releases(&a).len(), 2);
+    // Without --all: the lock references v2 only; v1's objects travel because its release does.
+    let pushed = a.pipe(&["push", "--json"]).ok().json();
+    assert_eq!(pushed["releases"], 2, "{pushed}");
+    assert!(remote.path().join("releases").read_dir().unwrap().count() == 2);
+    // A second push sends nothing new (create-only).
+    assert_eq!(a.pipe(&["push", "--json"]).ok().json()["releases"], 0);
+
+    let b = Ws::new(&text);
+    b.write("data.txt", "model v2\n");
+    b.pipe(&["releases"]).ok().err_has("no releases yet");
+    let pulled = b.pipe(&["pull", "--json"]).ok().json();
+    assert_eq!(pulled["releases"], 2, "{pulled}");
+    let listed = releases(&b);
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        listed.iter().filter(|r| r["current"] == true).count(),
+        1,
+        "{listed:?}"
+    );
+    b.pipe(&["rollback", &first]).ok().err_has("Rolled back");
+    assert_eq!(b.read("release/model.bin"), "model v1\n");
+    assert_eq!(b.read("release/weights/w.bin"), "model v1\n");
+    // Pulling again adds nothing.
+    assert_eq!(b.pipe(&["pull", "--json"]).ok().json()["releases"], 0);
+}
+
+#[test]
+fn a_damaged_remote_release_manifest_is_ignored_not_trusted() {
+    let remote = tempfile::tempdir().unwrap();
+    let text = pipeline(remote.path());
+    std::fs::create_dir_all(remote.path().join("releases")).unwrap();
+    std::fs::write(remote.path().join("releases/broken.json"), "{not json").unwrap();
+    std::fs::write(
+        remote.path().join("releases/escape.json"),
+        serde_json::json!({
+            "status": "released", "run_id": "x", "created_at": "2026-01-01T00:00:00Z",
+            "stage": "promote", "gates": [], "git": {"commit": null, "dirty": false},
+            "artifacts": [{"path": "../outside", "hash": "a".repeat(64), "size": 1}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let b = Ws::new(&text);
+    b.write("data.txt", "x\n");
+    let run = b.pipe(&["pull", "--json"]);
+    run.ok();
+    assert_eq!(run.json()["releases"], 0);
+    assert!(releases(&b).is_empty());
+}
