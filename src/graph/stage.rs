@@ -276,7 +276,14 @@ impl<'a> Builder<'a> {
                 Seg::Key("deps"),
                 Seg::Index(i),
             ];
-            match fsutil::normalize_rel(&d) {
+            // An absolute path is an external dep (a shared dataset, a base model): hashed
+            // like any dep, never written; outs stay inside the workspace.
+            let parsed = if d.starts_with('/') {
+                external_dep(&d)
+            } else {
+                fsutil::normalize_rel(&d)
+            };
+            match parsed {
                 Ok((path, _)) => {
                     let glob = if fsutil::is_glob(&path) {
                         match Glob::new(&path) {
@@ -636,4 +643,26 @@ fn check_inside(root: &Path, rel: &str) -> std::result::Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// Normalize an absolute dep path: no `..`, no empty or `.` parts, no trailing slash; never
+/// the file system root.
+fn external_dep(raw: &str) -> std::result::Result<(String, bool), String> {
+    let mut parts = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("`{raw}`: `..` is not allowed in an external dep")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("`{raw}` names the file system root"));
+    }
+    if fsutil::is_glob(raw) {
+        return Err(format!(
+            "`{raw}`: an external (absolute) dep cannot be a glob; name a file or a folder"
+        ));
+    }
+    Ok((format!("/{}", parts.join("/")), raw.ends_with('/')))
 }

@@ -92,3 +92,45 @@ fn a_damaged_remote_release_manifest_is_ignored_not_trusted() {
     assert_eq!(run.json()["releases"], 0);
     assert!(releases(&b).is_empty());
 }
+
+#[test]
+fn an_external_absolute_dep_is_hashed_never_written_and_makes_the_stage_stale() {
+    let ext = tempfile::tempdir().unwrap();
+    let file = ext.path().join("base.bin");
+    std::fs::write(&file, "base v1\n").unwrap();
+    std::fs::create_dir_all(ext.path().join("set")).unwrap();
+    std::fs::write(ext.path().join("set/a.txt"), "a\n").unwrap();
+    let ws = Ws::new(&format!(
+        r#"
+[stages.train]
+cmd = "cat {f} {d}/a.txt > model.bin; echo x >> runs.txt"
+deps = ["{f}", "{d}/"]
+outs = ["model.bin"]
+"#,
+        f = file.display(),
+        d = ext.path().join("set").display()
+    ));
+    ws.pipe(&["build", "train"]).ok();
+    assert_eq!(ws.read("model.bin"), "base v1\na\n");
+    ws.pipe(&["status", "train"]).ok();
+    ws.pipe(&["build", "train"]).ok();
+    assert_eq!(ws.count("runs.txt"), 1);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "base v1\n");
+    std::fs::write(&file, "base v2\n").unwrap();
+    ws.pipe(&["status", "train"])
+        .code(1)
+        .out_has(&format!("dep changed: {}", file.display()));
+    std::fs::write(ext.path().join("set/a.txt"), "b\n").unwrap();
+    ws.pipe(&["build", "train"]).ok();
+    assert_eq!(ws.read("model.bin"), "base v2\nb\n");
+    assert_eq!(ws.count("runs.txt"), 2);
+    // Outs stay inside the workspace.
+    let out = ext.path().join("o.txt");
+    let bad = Ws::new(&format!(
+        "[stages.a]\ncmd = \"true\"\nouts = [\"{}\"]\n",
+        out.display()
+    ));
+    bad.pipe(&["validate"])
+        .code(2)
+        .err_has("outside the workspace");
+}
