@@ -522,7 +522,20 @@ impl<'a> Builder<'a> {
                     .checks
                     .iter()
                     .position(|c| crate::gate::parse_check(c).is_err());
-                match GateSpec::parse(&name, g.name.as_deref(), &file, &g.checks) {
+                // A member's gate is its own: `${item}`, `${key}`, `${matrix.K}` are
+                // substituted in its name, and a name that uses none of them gets the
+                // member's label (`eval_gate@a`), so members never share a record.
+                let gname = g.name.as_deref().map(|raw| {
+                    let text = subst(self, raw, "gate");
+                    let per_member = ["${item", "${key", "${matrix."]
+                        .iter()
+                        .any(|v| raw.contains(v));
+                    match name.split_once('@') {
+                        Some((_, label)) if !per_member => format!("{text}@{label}"),
+                        _ => text,
+                    }
+                });
+                match GateSpec::parse(&name, gname.as_deref(), &file, &g.checks) {
                     Ok(spec) => Some(spec),
                     Err(e) => {
                         let mut path = vec![Seg::Key("stages"), Seg::Key(n), Seg::Key("gate")];

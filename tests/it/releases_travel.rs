@@ -134,3 +134,79 @@ outs = ["model.bin"]
         .code(2)
         .err_has("outside the workspace");
 }
+
+fn gated_sweep(name: &str) -> Ws {
+    let ws = Ws::new(&format!(
+        r#"
+[stages.eval]
+foreach = ["a", "b"]
+cmd = "mkdir -p metrics && cp scores/${{item}}.json metrics/${{item}}.json"
+deps = ["scores/${{item}}.json"]
+outs = ["metrics/${{item}}.json"]
+[stages.eval.gate]
+name = "{name}"
+file = "metrics/${{item}}.json"
+checks = ["acc >= 0.5"]
+
+[stages.promote]
+foreach = ["a", "b"]
+cmd = "mkdir -p release && cp metrics/${{item}}.json release/${{item}}.json"
+deps = ["metrics/${{item}}.json"]
+outs = ["release/${{item}}.json"]
+"#
+    ));
+    ws.write("scores/a.json", r#"{"acc": 0.9}"#);
+    ws.write("scores/b.json", r#"{"acc": 0.1}"#);
+    ws
+}
+
+fn gate_record(ws: &Ws, file: &str) -> serde_json::Value {
+    let p = ws.last_run_dir().join("gates").join(file);
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+#[test]
+fn each_foreach_member_has_its_own_gate_and_blocks_only_its_own_downstream() {
+    let ws = gated_sweep("promotion_gate_${item}");
+    ws.pipe(&["build"]).code(3);
+    let a = gate_record(&ws, "promotion_gate_a.json");
+    let b = gate_record(&ws, "promotion_gate_b.json");
+    assert_eq!(a["passed"], true, "{a}");
+    assert_eq!(a["gate"], "promotion_gate_a");
+    assert_eq!(a["file"], "metrics/a.json");
+    assert_eq!(b["passed"], false, "{b}");
+    assert_eq!(b["file"], "metrics/b.json");
+    assert!(ws.exists("release/a.json"));
+    assert!(!ws.exists("release/b.json"));
+    let stages = &ws.last_manifest()["stages"];
+    assert_eq!(stages["promote@b"]["status"], "blocked", "{stages}");
+    // A member's gate can be overridden by its own name.
+    ws.pipe(&[
+        "build",
+        "--override-gate",
+        "promotion_gate_b",
+        "--reason",
+        "b is fine",
+    ])
+    .ok();
+    assert!(ws.exists("release/b.json"));
+}
+
+#[test]
+fn a_fixed_gate_name_in_a_sweep_still_gives_each_member_its_own_record() {
+    let ws = gated_sweep("eval_gate");
+    ws.pipe(&["build"]).code(3);
+    let dir = ws.last_run_dir().join("gates");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let passed: Vec<bool> = names
+        .iter()
+        .map(|n| gate_record(&ws, n)["passed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(passed, [true, false], "{names:?}");
+}
