@@ -4,7 +4,7 @@
 
 use crate::harness::*;
 
-fn pipeline(remote: &std::path::Path) -> String {
+fn pipeline_with(remote: &str) -> String {
     format!(
         r#"
 [stages.train]
@@ -18,11 +18,16 @@ deps = ["model.bin", "weights"]
 outs = ["release/model.bin", "release/weights"]
 release = true
 
-[remote]
-url = "file://{}"
-"#,
-        remote.display()
+{remote}
+"#
     )
+}
+
+fn pipeline(remote: &std::path::Path) -> String {
+    pipeline_with(&format!(
+        "[remote]\nurl = \"file://{}\"\n",
+        remote.display()
+    ))
 }
 
 fn releases(ws: &Ws) -> Vec<serde_json::Value> {
@@ -32,28 +37,25 @@ fn releases(ws: &Ws) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_fresh_clone_pulls_the_teams_releases_and_rolls_back_to_one() {
-    let remote = tempfile::tempdir().unwrap();
-    let text = pipeline(remote.path());
-    let a = Ws::new(&text);
+/// Workspace A makes two releases and pushes (without --all: the lock references only the
+/// second); a fresh workspace B pulls, lists both and rolls back to the first.
+fn travel(text: &str, pipe: &dyn Fn(&Ws, &[&str]) -> Run) {
+    let a = Ws::new(text);
     a.write("data.txt", "model v1\n");
     a.pipe(&["build"]).ok();
     let first = releases(&a)[0]["run_id"].as_str().unwrap().to_string();
     a.write("data.txt", "model v2\n");
     a.pipe(&["build"]).ok();
     assert_eq!(releases(&a).len(), 2);
-    // Without --all: the lock references v2 only; v1's objects travel because its release does.
-    let pushed = a.pipe(&["push", "--json"]).ok().json();
+    let pushed = pipe(&a, &["push", "--json"]).ok().json();
     assert_eq!(pushed["releases"], 2, "{pushed}");
-    assert!(remote.path().join("releases").read_dir().unwrap().count() == 2);
     // A second push sends nothing new (create-only).
-    assert_eq!(a.pipe(&["push", "--json"]).ok().json()["releases"], 0);
+    assert_eq!(pipe(&a, &["push", "--json"]).ok().json()["releases"], 0);
 
-    let b = Ws::new(&text);
+    let b = Ws::new(text);
     b.write("data.txt", "model v2\n");
     b.pipe(&["releases"]).ok().err_has("no releases yet");
-    let pulled = b.pipe(&["pull", "--json"]).ok().json();
+    let pulled = pipe(&b, &["pull", "--json"]).ok().json();
     assert_eq!(pulled["releases"], 2, "{pulled}");
     let listed = releases(&b);
     assert_eq!(listed.len(), 2);
@@ -66,7 +68,35 @@ fn a_fresh_clone_pulls_the_teams_releases_and_rolls_back_to_one() {
     assert_eq!(b.read("release/model.bin"), "model v1\n");
     assert_eq!(b.read("release/weights/w.bin"), "model v1\n");
     // Pulling again adds nothing.
-    assert_eq!(b.pipe(&["pull", "--json"]).ok().json()["releases"], 0);
+    assert_eq!(pipe(&b, &["pull", "--json"]).ok().json()["releases"], 0);
+}
+
+#[test]
+fn a_fresh_clone_pulls_the_teams_releases_and_rolls_back_to_one() {
+    let remote = tempfile::tempdir().unwrap();
+    travel(&pipeline(remote.path()), &|ws, args| ws.pipe(args));
+    assert_eq!(
+        remote.path().join("releases").read_dir().unwrap().count(),
+        2
+    );
+}
+
+#[test]
+fn releases_travel_through_the_s3_server_too() {
+    let Some(s3) = Server::start("s3") else {
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let remote = format!(
+        "[remote]\nurl = \"s3://{}/rel{}-{nanos}\"\nendpoint = \"{}\"\n",
+        s3.var("PIPE_TEST_S3_BUCKET"),
+        std::process::id(),
+        s3.var("PIPE_TEST_S3_ENDPOINT")
+    );
+    travel(&pipeline_with(&remote), &|ws, args| s3.pipe(ws, args));
 }
 
 #[test]
@@ -209,4 +239,66 @@ fn a_fixed_gate_name_in_a_sweep_still_gives_each_member_its_own_record() {
         .map(|n| gate_record(&ws, n)["passed"].as_bool().unwrap())
         .collect();
     assert_eq!(passed, [true, false], "{names:?}");
+}
+
+#[test]
+fn a_symlink_out_is_stored_and_restored_as_a_symlink() {
+    let ws = Ws::new(
+        r#"
+[stages.train]
+cmd = "mkdir -p models && cp data.txt models/canonical.bin && ln -sf canonical.bin models/best.bin; echo x >> runs.txt"
+deps = ["data.txt"]
+outs = ["models/canonical.bin", "models/best.bin"]
+release = true
+"#,
+    );
+    ws.write("data.txt", "weights v1\n");
+    ws.pipe(&["build"]).ok();
+    let link = ws.path("models/best.bin");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        std::path::Path::new("canonical.bin")
+    );
+    ws.pipe(&["status"]).ok();
+    // Delete the outs and a build restores them from the cache: the link as a link.
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_file(ws.path("models/canonical.bin")).unwrap();
+    ws.pipe(&["build"]).ok().err_has("estored");
+    assert_eq!(ws.count("runs.txt"), 1);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        std::path::Path::new("canonical.bin")
+    );
+    assert_eq!(ws.read("models/best.bin"), "weights v1\n");
+    ws.pipe(&["status"]).ok();
+    // A rollback puts the link back as a link too.
+    let first = releases(&ws)[0]["run_id"].as_str().unwrap().to_string();
+    ws.write("data.txt", "weights v2\n");
+    ws.pipe(&["build"]).ok();
+    std::fs::remove_file(&link).unwrap();
+    std::fs::write(&link, "a plain file now\n").unwrap();
+    ws.pipe(&["rollback", &first]).ok();
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        std::path::Path::new("canonical.bin")
+    );
+    assert_eq!(ws.read("models/best.bin"), "weights v1\n");
+}
+
+#[test]
+fn a_symlink_out_leading_outside_is_still_refused() {
+    let ext = tempfile::tempdir().unwrap();
+    std::fs::write(ext.path().join("secret"), "s\n").unwrap();
+    let ws = Ws::new(&format!(
+        "[stages.a]\ncmd = \"ln -sf {} out.bin\"\nouts = [\"out.bin\"]\n",
+        ext.path().join("secret").display()
+    ));
+    ws.pipe(&["build"]).code(1);
+    ws.pipe(&["build"]).code(1);
 }
