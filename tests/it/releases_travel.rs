@@ -69,6 +69,10 @@ fn travel(text: &str, pipe: &dyn Fn(&Ws, &[&str]) -> Run) {
     assert_eq!(b.read("release/weights/w.bin"), "model v1\n");
     // Pulling again adds nothing.
     assert_eq!(pipe(&b, &["pull", "--json"]).ok().json()["releases"], 0);
+    // The rollback sticks in the clone too: its first build does not re-release v2.
+    b.pipe(&["build"]).ok();
+    assert_eq!(b.read("release/model.bin"), "model v1\n");
+    assert_eq!(releases(&b).len(), 2);
 }
 
 #[test]
