@@ -117,6 +117,10 @@ pub struct CachedOut {
     pub dir: bool,
     #[serde(default = "default_mode")]
     pub mode: u32,
+    /// The out was a symlink with this target text (leading inside the workspace): it is
+    /// restored as that symlink, not as a copy. `hash` is still its content's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 fn default_mode() -> u32 {
@@ -316,6 +320,7 @@ impl Cache {
                     size: f.size,
                     dir: false,
                     mode: f.mode & 0o777,
+                    link: link_of(root, rel)?,
                 })
             }
             PathHash::Dir { digest, entries } => {
@@ -338,6 +343,7 @@ impl Cache {
                         size: h.size(),
                         dir: true,
                         mode: 0o755,
+                        link: None,
                     });
                 }
                 let mut tree = Vec::with_capacity(entries.len());
@@ -371,6 +377,7 @@ impl Cache {
                     size: h.size(),
                     dir: true,
                     mode: 0o755,
+                    link: link_of(root, rel)?,
                 })
             }
         }
@@ -502,6 +509,24 @@ impl Cache {
         inside(rel)?;
         parents_inside(root, rel)?;
         let dest = root.join(rel);
+        if let Some(target) = &out.link {
+            // A symlink out comes back as the same symlink, never one leading outside.
+            link_inside(root, rel, target)?;
+            let tmp = restore_tmp(root, &dest)?;
+            let _ = std::fs::remove_file(&tmp);
+            if let Err(e) = std::os::unix::fs::symlink(target, &tmp)
+                .with_context(|| format!("cannot create symlink {}", dest.display()))
+                .and_then(|_| crate::fsutil::remove_path(&dest))
+                .and_then(|_| {
+                    std::fs::rename(&tmp, &dest)
+                        .with_context(|| format!("cannot write {}", dest.display()))
+                })
+            {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            return Ok(());
+        }
         if out.dir {
             let tree = self.read_tree(&out.hash)?;
             for e in &tree.entries {
@@ -661,6 +686,65 @@ fn parents_inside(root: &Path, rel: &str) -> Result<()> {
             }
             Ok(_) => {}
         }
+    }
+    Ok(())
+}
+
+/// The target text of an out that is itself a symlink (one leading inside the workspace;
+/// `no_escape` has refused the others).
+fn link_of(root: &Path, rel: &str) -> Result<Option<String>> {
+    let full = root.join(rel);
+    match std::fs::symlink_metadata(&full) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let t = std::fs::read_link(&full)
+                .with_context(|| format!("cannot read symlink {}", full.display()))?;
+            let t = t
+                .to_str()
+                .ok_or_else(|| {
+                    anyhow::anyhow!("out `{rel}` is a symlink whose target is not UTF-8")
+                })?
+                .to_string();
+            link_inside(root, rel, &t)?;
+            Ok(Some(t))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A symlink at `rel` with target text `target` must lead inside the workspace, judged on
+/// the text alone (a relative target resolved from the link's folder, `..` included; an
+/// absolute one only under the workspace root).
+fn link_inside(root: &Path, rel: &str, target: &str) -> Result<()> {
+    let escape = || {
+        anyhow::anyhow!(
+            "out `{rel}` is a symlink to `{target}`, outside the workspace; refusing it"
+        )
+    };
+    if target.is_empty() {
+        return Err(escape());
+    }
+    if Path::new(target).is_absolute() {
+        let t = Path::new(target);
+        if t.starts_with(root) || t.starts_with(canonical_root(root)) {
+            return Ok(());
+        }
+        return Err(escape());
+    }
+    let mut parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    parts.pop();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(escape());
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(escape());
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! and a run-cache entry is trusted only as far as its objects verify. A run entry is
 //! uploaded after its objects, so a remote entry never points at objects not yet there.
 
-use crate::cache::{Cache, Digest, RunEntry, Tree};
+use crate::cache::{Cache, CachedOut, Digest, RunEntry, Tree};
 use crate::error::failed;
 use crate::spec::RawRemote;
 use anyhow::{Context, Result, anyhow, bail};
@@ -37,6 +37,17 @@ pub struct TransferStats {
     pub skipped: usize,
     pub bytes: u64,
     pub missing: usize,
+    /// Release manifests sent or fetched.
+    pub releases: usize,
+}
+
+/// The release manifests a push sends: the remote folder they go to (`releases`, or
+/// `releases/<pipeline>` for another pipeline file) and each file's name, local path and
+/// the outs its artifacts reference.
+#[derive(Debug, Default)]
+pub struct ReleaseFiles {
+    pub prefix: String,
+    pub files: Vec<(String, PathBuf, Vec<CachedOut>)>,
 }
 
 impl std::fmt::Display for TransferStats {
@@ -50,6 +61,9 @@ impl std::fmt::Display for TransferStats {
         )?;
         if self.missing > 0 {
             write!(f, ", {} not found", self.missing)?;
+        }
+        if self.releases > 0 {
+            write!(f, ", {} release manifests", self.releases)?;
         }
         Ok(())
     }
@@ -294,9 +308,13 @@ impl Remote {
         }
     }
 
-    /// Objects and trees an entry needs, from the local cache.
-    fn items(cache: &Cache, entry: &RunEntry, out: &mut BTreeSet<Item>) -> Result<()> {
-        for o in entry.outs.values() {
+    /// Objects and trees some outs need, from the local cache.
+    fn items<'a>(
+        cache: &Cache,
+        outs: impl IntoIterator<Item = &'a CachedOut>,
+        out: &mut BTreeSet<Item>,
+    ) -> Result<()> {
+        for o in outs {
             if o.dir {
                 let tree = cache.read_tree(&o.hash)?;
                 out.extend(tree.entries.iter().map(|e| Item::Object(e.hash.clone())));
@@ -308,11 +326,13 @@ impl Remote {
         Ok(())
     }
 
-    /// Upload the run-cache entries for `fps` (all local entries when `None`) with their objects.
+    /// Upload the run-cache entries for `fps` (all local entries when `None`) with their
+    /// objects, and the release manifests `releases` with every object they reference.
     pub fn push(
         &self,
         cache: &Cache,
         fps: Option<&Vec<String>>,
+        releases: &ReleaseFiles,
         jobs: usize,
         bar: Option<indicatif::ProgressBar>,
     ) -> Result<TransferStats> {
@@ -332,8 +352,20 @@ impl Remote {
         };
         let mut items = BTreeSet::new();
         for e in &entries {
-            Self::items(cache, e, &mut items)?;
+            Self::items(cache, e.outs.values(), &mut items)?;
         }
+        let mut shipped = Vec::new();
+        for (name, path, outs) in &releases.files {
+            // A release whose objects this cache no longer holds cannot travel whole: it
+            // stays local (and is counted as not found) rather than point at nothing.
+            if !outs.iter().all(|o| cache.has_out(o)) {
+                stats.missing += 1;
+                continue;
+            }
+            Self::items(cache, outs, &mut items)?;
+            shipped.push((format!("{}/{name}", releases.prefix), path));
+        }
+        let released = AtomicUsize::new(0);
         let total: u64 = items
             .iter()
             .map(|i| match i {
@@ -388,6 +420,15 @@ impl Remote {
                     skipped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            // Release manifests too come after their objects (create-only as well).
+            for (rel, path) in &shipped {
+                let (was_sent, _) = self.put_file(rel, path).await?;
+                if was_sent {
+                    released.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             Ok::<(), anyhow::Error>(())
         })?;
         if let Some(b) = bar {
@@ -396,13 +437,15 @@ impl Remote {
         stats.sent = sent.into_inner();
         stats.skipped = skipped.into_inner();
         stats.bytes = bytes.into_inner();
+        stats.releases = released.into_inner();
         Ok(stats)
     }
 
     /// Upload one entry and its objects (after a stage ran, with `build --push`).
     pub fn push_entry(&self, cache: &Cache, entry: &RunEntry) -> Result<()> {
         let fps = vec![entry.fingerprint.clone()];
-        self.push(cache, Some(&fps), 4, None).map(|_| ())
+        self.push(cache, Some(&fps), &ReleaseFiles::default(), 4, None)
+            .map(|_| ())
     }
 
     /// Download and verify what a run entry needs; store it in the local cache.
@@ -447,8 +490,28 @@ impl Remote {
         };
         let entry = RunEntry::parse(&bytes, &digest)
             .map_err(|e| Refused(format!("remote run entry {fp} is not valid: {e}")))?;
+        self.fetch_outs(
+            cache,
+            entry.outs.values(),
+            &format!("run entry {fp}"),
+            stats,
+        )
+        .await?;
+        cache.put_run(&entry)?;
+        stats.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(entry))
+    }
+
+    /// Download and verify every tree and object `outs` need that the local cache lacks.
+    async fn fetch_outs<'a>(
+        &self,
+        cache: &Cache,
+        outs: impl IntoIterator<Item = &'a CachedOut>,
+        what: &str,
+        stats: &TransferCounters,
+    ) -> Result<()> {
         let mut objects = BTreeSet::new();
-        for o in entry.outs.values() {
+        for o in outs {
             if !o.dir {
                 objects.insert(o.hash.clone());
                 continue;
@@ -457,7 +520,7 @@ impl Remote {
                 cache.read_tree(&o.hash)?
             } else {
                 let Some(b) = self.get(&format!("trees/{}.json", o.hash)).await? else {
-                    bail!("remote cache lacks tree {} of run entry {fp}", o.hash)
+                    bail!("remote cache lacks tree {} of {what}", o.hash)
                 };
                 let t = Tree::parse(&b, &o.hash)
                     .map_err(|e| Refused(format!("remote tree {}: {e:#}", o.hash)))?;
@@ -472,13 +535,121 @@ impl Remote {
                 continue;
             }
             let Some(n) = self.download_object(cache, &d).await? else {
-                bail!("remote cache lacks object {d} of run entry {fp}")
+                bail!("remote cache lacks object {d} of {what}")
             };
             stats.add(n);
         }
-        cache.put_run(&entry)?;
-        stats.sent.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(entry))
+        Ok(())
+    }
+
+    /// `pipe pull`: fetch the release manifests under `prefix` that `dir` does not hold yet,
+    /// after the objects each one references (verified like every object), so a fresh
+    /// clone lists the team's releases and can roll back to them. A manifest with an
+    /// unsafe name, that does not parse, or whose objects fail their check is reported and
+    /// skipped. Counts the manifests added in `stats.releases`.
+    pub fn pull_releases(
+        &self,
+        cache: &Cache,
+        prefix: &str,
+        dir: &Path,
+        stats: &mut TransferStats,
+    ) -> Result<()> {
+        let c = TransferCounters::default();
+        let added = self.rt.block_on(async {
+            let list: Vec<_> = self
+                .store
+                .list_with_delimiter(Some(&self.key(prefix)))
+                .await
+                .map(|l| l.objects)
+                .or_else(|e| match e {
+                    object_store::Error::NotFound { .. } => Ok(vec![]),
+                    e => Err(anyhow!(explain(&self.url, &e))),
+                })?;
+            let mut added = 0usize;
+            for m in list {
+                let Some(name) = m.location.filename().map(str::to_string) else {
+                    continue;
+                };
+                if name.contains('/')
+                    || name.contains("..")
+                    || name.starts_with('.')
+                    || !name.ends_with(".json")
+                {
+                    crate::cache::warn_once(
+                        &format!("remote release {name}"),
+                        &format!(
+                            "remote {}: ignoring release manifest `{}` (unsafe name)",
+                            self.url,
+                            name.escape_debug()
+                        ),
+                    );
+                    continue;
+                }
+                let dest = dir.join(&name);
+                let have = std::fs::read(&dest)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<crate::release::ReleaseManifest>(&b).ok());
+                let manifest = match have {
+                    Some(r) => r,
+                    None => {
+                        let Some(bytes) = self.get(&format!("{prefix}/{name}")).await? else {
+                            continue;
+                        };
+                        match serde_json::from_slice::<crate::release::ReleaseManifest>(&bytes) {
+                            Ok(r) => {
+                                let paths_ok = r.artifacts.iter().all(|a| {
+                                    let p = Path::new(&a.path);
+                                    !p.is_absolute()
+                                        && p.components()
+                                            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+                                });
+                                if !paths_ok {
+                                    crate::cache::warn_once(
+                                        &format!("remote release {name}"),
+                                        &format!("remote {}: ignoring release manifest {name}: an artifact path leads outside the workspace", self.url),
+                                    );
+                                    continue;
+                                }
+                                std::fs::create_dir_all(dir).with_context(|| {
+                                    format!("cannot create {}", dir.display())
+                                })?;
+                                crate::fsutil::atomic_write(&dest, &bytes)?;
+                                added += 1;
+                                r
+                            }
+                            Err(e) => {
+                                crate::cache::warn_once(
+                                    &format!("remote release {name}"),
+                                    &format!("remote {}: ignoring release manifest {name}: {e}", self.url),
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let outs: Vec<&CachedOut> = manifest.artifacts.iter().map(|a| &a.out).collect();
+                if outs.iter().all(|o| cache.has_out(o)) {
+                    continue;
+                }
+                match self
+                    .fetch_outs(cache, outs, &format!("release {name}"), &c)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                        crate::cache::warn_once(
+                            &format!("remote release objects {name}"),
+                            &format!("{e}; release {name} cannot be rolled back to from here"),
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok::<usize, anyhow::Error>(added)
+        })?;
+        stats.releases += added;
+        stats.bytes += c.bytes.into_inner();
+        Ok(())
     }
 
     /// `build --pull`: fetch the entry for one fingerprint if the remote has it.
@@ -545,6 +716,7 @@ impl Remote {
             skipped: c.skipped.into_inner(),
             bytes: c.bytes.into_inner(),
             missing,
+            releases: 0,
         })
     }
 }

@@ -147,7 +147,19 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
     let lock = crate::lockfile::LockFile::load(&p.layout.lockfile())?;
     let mut state = ReleaseState::load(&p.layout.state());
     for r in &chosen {
+        // The release moved away from: the stage's current one (in a fresh clone that
+        // pulled the team's releases and never built, the newest), whose fingerprint the
+        // next build must not release again.
+        let previous = state
+            .current_of(&r.stage, &all)
+            .and_then(|id| all.iter().find(|x| x.run_id == id && x.stage == r.stage))
+            .and_then(|x| x.fingerprint.clone());
         let held = state.rolled_back.entry(r.stage.clone()).or_default();
+        if let Some(fp) = previous
+            && r.fingerprint.as_ref() != Some(&fp)
+        {
+            held.insert(fp);
+        }
         if let Some(e) = lock.stages.get(&r.stage)
             && r.fingerprint.as_ref() != Some(&e.fingerprint)
         {

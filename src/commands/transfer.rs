@@ -6,7 +6,8 @@ use crate::cache::Cache;
 use crate::cli::TransferArgs;
 use crate::error::invalid;
 use crate::lockfile::LockFile;
-use crate::remote::Remote;
+use crate::release::ReleaseManifest;
+use crate::remote::{ReleaseFiles, Remote};
 use crate::report::{Reporter, Tone};
 use anyhow::Result;
 
@@ -29,11 +30,49 @@ fn open(ctx: &Ctx) -> Result<(crate::graph::Pipeline, Remote, Cache, Vec<String>
     Ok((p, remote, cache, fps))
 }
 
+/// Where this pipeline's release manifests live on the remote: `releases`, or
+/// `releases/<NAME>` for another pipeline file `NAME.toml` (whose releases are its own).
+fn release_prefix(p: &crate::graph::Pipeline) -> String {
+    let own = p.layout.dot.parent().and_then(|d| d.file_name()) == Some("pipelines".as_ref());
+    match p.layout.dot.file_name() {
+        Some(n) if own => format!("releases/{}", n.to_string_lossy()),
+        _ => "releases".into(),
+    }
+}
+
+/// Every local release manifest (file name, path, the outs it references).
+fn release_files(p: &crate::graph::Pipeline) -> ReleaseFiles {
+    let dir = p.layout.releases();
+    let mut files = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".json") || name.starts_with('.') {
+                continue;
+            }
+            let Some(r) = std::fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ReleaseManifest>(&b).ok())
+            else {
+                continue;
+            };
+            let outs = r.artifacts.into_iter().map(|a| a.out).collect();
+            files.push((name, e.path(), outs));
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    ReleaseFiles {
+        prefix: release_prefix(p),
+        files,
+    }
+}
+
 pub fn push(ctx: &Ctx, rep: &Reporter, a: &TransferArgs) -> Result<i32> {
-    let (_p, remote, cache, fps) = open(ctx)?;
+    let (p, remote, cache, fps) = open(ctx)?;
     let stats = remote.push(
         &cache,
         if a.all { None } else { Some(&fps) },
+        &release_files(&p),
         a.jobs,
         rep.transfer_bar("Pushing"),
     )?;
@@ -46,12 +85,18 @@ pub fn push(ctx: &Ctx, rep: &Reporter, a: &TransferArgs) -> Result<i32> {
 }
 
 pub fn pull(ctx: &Ctx, rep: &Reporter, a: &TransferArgs) -> Result<i32> {
-    let (_p, remote, cache, fps) = open(ctx)?;
-    let stats = remote.pull(
+    let (p, remote, cache, fps) = open(ctx)?;
+    let mut stats = remote.pull(
         &cache,
         if a.all { None } else { Some(&fps) },
         a.jobs,
         rep.transfer_bar("Pulling"),
+    )?;
+    remote.pull_releases(
+        &cache,
+        &release_prefix(&p),
+        &p.layout.releases(),
+        &mut stats,
     )?;
     if a.json {
         print_stats(&stats, a.all)?;
@@ -69,5 +114,6 @@ fn print_stats(stats: &crate::remote::TransferStats, all: bool) -> Result<()> {
         "skipped": stats.skipped,
         "bytes": stats.bytes,
         "missing": stats.missing,
+        "releases": stats.releases,
     }))
 }

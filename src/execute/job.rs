@@ -251,6 +251,7 @@ impl Job<'_> {
                     size: h.size(),
                     dir: matches!(h, PathHash::Dir { .. }),
                     mode,
+                    link: None,
                 }
             };
             outs.insert(o.path.clone(), out);

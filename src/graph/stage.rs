@@ -276,7 +276,14 @@ impl<'a> Builder<'a> {
                 Seg::Key("deps"),
                 Seg::Index(i),
             ];
-            match fsutil::normalize_rel(&d) {
+            // An absolute path is an external dep (a shared dataset, a base model): hashed
+            // like any dep, never written; outs stay inside the workspace.
+            let parsed = if d.starts_with('/') {
+                external_dep(&d)
+            } else {
+                fsutil::normalize_rel(&d)
+            };
+            match parsed {
                 Ok((path, _)) => {
                     let glob = if fsutil::is_glob(&path) {
                         match Glob::new(&path) {
@@ -515,7 +522,20 @@ impl<'a> Builder<'a> {
                     .checks
                     .iter()
                     .position(|c| crate::gate::parse_check(c).is_err());
-                match GateSpec::parse(&name, g.name.as_deref(), &file, &g.checks) {
+                // A member's gate is its own: `${item}`, `${key}`, `${matrix.K}` are
+                // substituted in its name, and a name that uses none of them gets the
+                // member's label (`eval_gate@a`), so members never share a record.
+                let gname = g.name.as_deref().map(|raw| {
+                    let text = subst(self, raw, "gate");
+                    let per_member = ["${item", "${key", "${matrix."]
+                        .iter()
+                        .any(|v| raw.contains(v));
+                    match name.split_once('@') {
+                        Some((_, label)) if !per_member => format!("{text}@{label}"),
+                        _ => text,
+                    }
+                });
+                match GateSpec::parse(&name, gname.as_deref(), &file, &g.checks) {
                     Ok(spec) => Some(spec),
                     Err(e) => {
                         let mut path = vec![Seg::Key("stages"), Seg::Key(n), Seg::Key("gate")];
@@ -664,4 +684,26 @@ fn real_folder(root: &Path, dir: &Path) -> bool {
         && dir.parent().is_some_and(|d| real_folder(root, d));
     SEEN.with(|s| s.borrow_mut().insert(dir.to_path_buf(), plain));
     plain
+}
+
+/// Normalize an absolute dep path: no `..`, no empty or `.` parts, no trailing slash; never
+/// the file system root.
+fn external_dep(raw: &str) -> std::result::Result<(String, bool), String> {
+    let mut parts = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(format!("`{raw}`: `..` is not allowed in an external dep")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("`{raw}` names the file system root"));
+    }
+    if fsutil::is_glob(raw) {
+        return Err(format!(
+            "`{raw}`: an external (absolute) dep cannot be a glob; name a file or a folder"
+        ));
+    }
+    Ok((format!("/{}", parts.join("/")), raw.ends_with('/')))
 }

@@ -34,6 +34,8 @@ mod output;
 mod records;
 /// Releases that stick: sticky overrides, manifests with the story, rollbacks, clean.
 mod releases;
+/// Releases that travel (push/pull), gates of sweep members, external deps, symlink outs.
+mod releases_travel;
 /// kill -9, Ctrl-C, two builds at once, retries, timeouts, resource pools, escaping outs.
 mod reliability;
 /// The remote cache against a real S3 server on 127.0.0.1 (tests/servers/s3.sh).

@@ -517,7 +517,14 @@ fn json_push_pull_with_a_folder_remote() {
     );
     let ws = Ws::new(&text);
     ws.pipe(&["build"]).ok();
-    let fields = ["all", "transferred", "skipped", "bytes", "missing"];
+    let fields = [
+        "all",
+        "transferred",
+        "skipped",
+        "bytes",
+        "missing",
+        "releases",
+    ];
     let v = doc(ws.pipe(&["push", "--json"]).ok(), &fields);
     assert!(v["transferred"].as_u64().unwrap() > 0, "{v}");
     let v = doc(ws.pipe(&["push", "--json"]).ok(), &fields);

@@ -160,11 +160,13 @@ fn dep_or_out_outside_the_workspace() {
         "a",
         &["outside the workspace"],
     );
+    // An absolute dep is an external dep (SPEC: *Dependencies outside the workspace*), but
+    // never one that climbs with `..`.
     rejects(
-        "[stages.a]\ncmd = \"touch ran-marker\"\ndeps = [\"/etc/hostname\"]\n",
+        "[stages.a]\ncmd = \"touch ran-marker\"\ndeps = [\"/etc/../hostname\"]\n",
         3,
         "a",
-        &["/etc/hostname", "outside the workspace"],
+        &["/etc/../hostname", "`..` is not allowed"],
     );
     rejects(
         "[stages.a]\ncmd = \"touch ran-marker\"\nouts = [\"../escape.txt\"]\n",
