@@ -30,39 +30,19 @@ impl Run {
     }
 }
 
-#[derive(Deserialize)]
-struct NameOnly {
-    #[serde(default)]
-    name: Option<String>,
-}
-
 /// Every readable run under `runs_dir`, oldest first.
 pub fn load_runs(runs_dir: &Path) -> Vec<Run> {
-    let mut ids: Vec<String> = match std::fs::read_dir(runs_dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => vec![],
-    };
-    ids.sort();
-    ids.into_iter()
-        .filter_map(|id| {
-            let dir = runs_dir.join(&id);
-            let bytes = std::fs::read(dir.join("manifest.json")).ok()?;
-            let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
-            let name = serde_json::from_slice::<NameOnly>(&bytes)
-                .ok()
-                .and_then(|n| n.name);
-            Some(Run {
-                id,
-                name,
-                dir,
-                manifest,
-            })
+    let mut runs: Vec<Run> = crate::record::list_runs(runs_dir)
+        .into_iter()
+        .map(|manifest| Run {
+            id: manifest.run_id.clone(),
+            name: manifest.name.clone(),
+            dir: runs_dir.join(&manifest.run_id),
+            manifest,
         })
-        .collect()
+        .collect();
+    runs.reverse();
+    runs
 }
 
 /// A gate record (`gates/<gate>.json`) as written by the build.
