@@ -1,6 +1,6 @@
 //! The content-addressed cache: restore instead of rerun, verification, folders and modes,
 //! sharing one cache between workspaces, and `pipe gc`.
-use crate::harness::{Run, Ws, finish, rendezvous, start};
+use crate::harness::{Run, Ws, files_under, finish, rendezvous, start};
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -26,27 +26,6 @@ fn out_hash(ws: &Ws, stage: &str, out: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("no hash for {stage}/{out} in manifest:\n{m:#}"))
         .to_string()
-}
-
-/// Every file under a folder (0 when missing).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 fn make_writable(p: &Path) {

@@ -119,7 +119,7 @@ fn a_tampered_entry_in_a_file_remote_is_refused_by_a_fresh_clone() {
     let ws = Ws::new(&pipeline);
     ws.write("in.txt", "v1\n");
     sane(&ws.pipe(&["build", "--push"])).ok();
-    let runs: Vec<PathBuf> = walk(&remote.path().join("runs"));
+    let runs: Vec<PathBuf> = files_under(&remote.path().join("runs"));
     assert_eq!(runs.len(), 1, "nothing pushed");
     let mut v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&runs[0]).unwrap()).unwrap();
@@ -285,31 +285,11 @@ fn cache_entries_and_folders_follow_the_umask() {
     }
     assert_eq!(checked, 2);
     // Objects stay read-only for everyone.
-    for e in walk(&cache.path().join("objects")) {
+    for e in files_under(&cache.path().join("objects")) {
         assert_eq!(mode(&e) & 0o777, 0o444, "{}", e.display());
     }
     // A new lock follows the umask too.
     assert_eq!(mode(&ws.path("Pipeline.lock")) & 0o777, 0o664);
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// A read-only bind mount of a folder, removed on drop; `None` (with a note) when this
@@ -426,7 +406,7 @@ outs = ["big.bin"]
         std::fs::metadata(ws.path("big.bin")).unwrap().len(),
         3_000_000
     );
-    let litter: Vec<PathBuf> = walk(&cache)
+    let litter: Vec<PathBuf> = files_under(&cache)
         .into_iter()
         .filter(|p| std::fs::metadata(p).unwrap().len() > 10_000)
         .collect();
@@ -997,7 +977,7 @@ outs = ["big.bin", "d"]
         let _ = child.kill();
         let _ = child.wait();
         sane(&ws.pipe(&["build"])).ok();
-        let litter: Vec<PathBuf> = walk(ws.root())
+        let litter: Vec<PathBuf> = files_under(ws.root())
             .into_iter()
             .filter(|p| {
                 let s = p.to_string_lossy();
