@@ -90,20 +90,6 @@ impl Reporter {
         }
     }
 
-    /// A reporter that prints nothing (for library use and tests).
-    pub fn silent() -> Reporter {
-        Reporter {
-            quiet: true,
-            verbose: false,
-            color: false,
-            mp: None,
-            overall: None,
-            bars: Mutex::new(HashMap::new()),
-            ended: Default::default(),
-            follow_to_stderr: false,
-        }
-    }
-
     pub fn color(&self) -> bool {
         self.color
     }
