@@ -211,13 +211,7 @@ impl Dispatch<'_> {
                     Ok(Msg::Done(done)) => {
                         running.remove(&done.stage);
                         if let Some(mut t) = tails.remove(&done.stage) {
-                            let stage = &p.stages[done.stage].name;
-                            for line in t.finish() {
-                                bus.emit(Event::StageOutput {
-                                    stage: stage.clone(),
-                                    line,
-                                })?;
-                            }
+                            emit_output(bus, &p.stages[done.stage].name, t.finish())?;
                         }
                         self.finish(done, &mut sched, &mut books, bus)?;
                     }
@@ -227,12 +221,7 @@ impl Dispatch<'_> {
                     c.tick(GRACE);
                 }
                 for (&i, t) in &mut tails {
-                    for line in t.lines() {
-                        bus.emit(Event::StageOutput {
-                            stage: p.stages[i].name.clone(),
-                            line,
-                        })?;
-                    }
+                    emit_output(bus, &p.stages[i].name, t.lines())?;
                 }
                 bus.tick()?;
             }
@@ -576,4 +565,15 @@ impl Dispatch<'_> {
             manifest: Box::new(manifest),
         })
     }
+}
+
+/// The lines a running stage wrote, one event each.
+fn emit_output(bus: &mut Bus, stage: &str, lines: Vec<String>) -> Result<()> {
+    for line in lines {
+        bus.emit(Event::StageOutput {
+            stage: stage.to_string(),
+            line,
+        })?;
+    }
+    Ok(())
 }
