@@ -402,6 +402,14 @@ impl Layout {
     pub fn state(&self) -> PathBuf {
         self.dot.join("state")
     }
+    /// The parsed `Pipeline.lock`, named by its hash (see [`crate::lockfile::LockFile::load_cached`]).
+    pub fn lock_snapshot(&self) -> PathBuf {
+        self.state().join("lock.json")
+    }
+    /// Load the lock (through its snapshot).
+    pub fn load_lock(&self) -> anyhow::Result<crate::lockfile::LockFile> {
+        crate::lockfile::LockFile::load_cached(&self.lockfile(), &self.lock_snapshot())
+    }
     pub fn stat_cache(&self) -> PathBuf {
         self.state().join("stat.bin")
     }
@@ -582,5 +590,188 @@ mod tests {
         assert!(!is_within("database", "data"));
         assert_eq!(glob_base("data/raw/**/*.json"), "data/raw");
         assert_eq!(glob_base("*.txt"), "");
+    }
+}
+
+/// What this process saw when it looked at paths: each path is `stat`ed once, however many
+/// stages name it (1,001 stages sharing folders: 2 calls per stage instead of 5).
+///
+/// Filled while the pipeline is loaded (dep existence, the out symlink checks) and read by
+/// the hasher, so a no-op `status` or `build` looks at each distinct path once. It holds only
+/// while nothing else writes the workspace: a build forgets the outs of a stage before that
+/// stage runs or is restored, and forgets everything after it waited for another build or
+/// stopped a leftover process.
+#[derive(Default)]
+pub struct StatMemo {
+    inner: std::sync::Mutex<Memo>,
+}
+
+/// Keyed by the path's bytes (hashing a `Path` goes component by component).
+#[derive(Default)]
+struct Memo {
+    seen: std::collections::HashMap<std::ffi::OsString, Seen>,
+    /// Every folder above a remembered path: forgetting a path scans for what is under it
+    /// only when something is.
+    parents: std::collections::HashSet<std::ffi::OsString>,
+}
+
+#[derive(Clone)]
+enum Seen {
+    /// Not there (`ENOENT`).
+    Missing,
+    /// `lstat` found a symlink: only `symlink_metadata` is answered.
+    Link(std::fs::Metadata),
+    /// Not a symlink: `stat` and `lstat` agree.
+    Plain(std::fs::Metadata),
+}
+
+fn not_found() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::NotFound)
+}
+
+impl StatMemo {
+    fn get(&self, path: &Path) -> Option<Seen> {
+        self.inner.lock().ok()?.seen.get(path.as_os_str()).cloned()
+    }
+
+    fn put(&self, path: &Path, seen: Seen) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.seen.insert(path.as_os_str().to_owned(), seen);
+            for a in path.ancestors().skip(1) {
+                if m.parents.contains(a.as_os_str()) {
+                    break; // and so are its own parents
+                }
+                m.parents.insert(a.as_os_str().to_owned());
+            }
+        }
+    }
+
+    /// `std::fs::metadata` (follows symlinks), remembered.
+    pub fn metadata(&self, path: &Path) -> std::io::Result<std::fs::Metadata> {
+        match self.get(path) {
+            Some(Seen::Plain(m)) => return Ok(m),
+            Some(Seen::Missing) => return Err(not_found()),
+            _ => {}
+        }
+        match std::fs::metadata(path) {
+            Ok(m) => {
+                if !self.is_link(path) {
+                    self.put(path, Seen::Plain(m.clone()));
+                }
+                Ok(m)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A dangling symlink is not remembered as missing: `lstat` would see it.
+                if !self.is_link(path) {
+                    self.put(path, Seen::Missing);
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether an earlier `lstat` saw a symlink at `path`.
+    fn is_link(&self, path: &Path) -> bool {
+        matches!(self.get(path), Some(Seen::Link(_)))
+    }
+
+    /// `std::fs::symlink_metadata` (does not follow), remembered.
+    pub fn symlink_metadata(&self, path: &Path) -> std::io::Result<std::fs::Metadata> {
+        match self.get(path) {
+            Some(Seen::Plain(m) | Seen::Link(m)) => return Ok(m),
+            Some(Seen::Missing) => return Err(not_found()),
+            None => {}
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => {
+                let seen = if m.file_type().is_symlink() {
+                    Seen::Link(m.clone())
+                } else {
+                    Seen::Plain(m.clone())
+                };
+                self.put(path, seen);
+                Ok(m)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.put(path, Seen::Missing);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forget `path`, everything under it and the folders above it (a stage is about to
+    /// write it, making its parent folders if they are missing).
+    pub fn forget(&self, path: &Path) {
+        if let Ok(mut m) = self.inner.lock() {
+            for a in path.ancestors() {
+                m.seen.remove(a.as_os_str());
+            }
+            if m.parents.contains(path.as_os_str()) {
+                m.seen.retain(|k, _| !Path::new(k).starts_with(path));
+            }
+        }
+    }
+
+    /// Forget everything (someone else may have written the workspace).
+    pub fn forget_all(&self) {
+        if let Ok(mut m) = self.inner.lock() {
+            *m = Memo::default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod stat_memo_tests {
+    use super::StatMemo;
+
+    #[test]
+    fn remembers_until_told_to_forget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, sub) = (dir.path().join("a"), dir.path().join("d"));
+        std::fs::write(&a, "1").unwrap();
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("x"), "1").unwrap();
+        let memo = StatMemo::default();
+        assert_eq!(memo.symlink_metadata(&a).unwrap().len(), 1);
+        assert_eq!(memo.metadata(&sub.join("x")).unwrap().len(), 1);
+        assert!(memo.metadata(&dir.path().join("nope")).is_err());
+        std::fs::write(&a, "22").unwrap();
+        std::fs::write(sub.join("x"), "22").unwrap();
+        std::fs::write(dir.path().join("nope"), "").unwrap();
+        // Remembered: the lstat answers the stat of a plain file too.
+        assert_eq!(memo.metadata(&a).unwrap().len(), 1);
+        assert!(memo.metadata(&dir.path().join("nope")).is_err());
+        // Forgetting a folder forgets what is under it, and nothing beside it.
+        memo.forget(&sub);
+        assert_eq!(memo.metadata(&sub.join("x")).unwrap().len(), 2);
+        assert_eq!(memo.metadata(&a).unwrap().len(), 1);
+        // Forgetting a path forgets the folders above it (a stage makes its outs' parents).
+        let (parent, out) = (dir.path().join("p"), dir.path().join("p/q/out"));
+        assert!(memo.symlink_metadata(&out).is_err());
+        assert!(memo.symlink_metadata(&parent).is_err());
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        assert!(
+            memo.metadata(&parent).is_err(),
+            "still remembered as missing"
+        );
+        memo.forget(&out);
+        assert!(memo.metadata(&parent).unwrap().is_dir());
+        memo.forget_all();
+        assert_eq!(memo.metadata(&a).unwrap().len(), 2);
+        assert!(memo.metadata(&dir.path().join("nope")).is_ok());
+    }
+
+    #[test]
+    fn a_symlink_is_followed_by_metadata_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, l) = (dir.path().join("t"), dir.path().join("l"));
+        std::fs::write(&t, "abc").unwrap();
+        std::os::unix::fs::symlink(&t, &l).unwrap();
+        let memo = StatMemo::default();
+        assert!(memo.symlink_metadata(&l).unwrap().file_type().is_symlink());
+        let m = memo.metadata(&l).unwrap();
+        assert!(m.is_file() && m.len() == 3);
     }
 }

@@ -104,6 +104,8 @@ pub struct Hasher<'a> {
     /// Files actually read (not answered by the stat cache): shown with `-v`.
     pub files_read: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// Stats the loader already took: a path named by several stages is looked at once.
+    memo: Option<&'a crate::fsutil::StatMemo>,
 }
 
 fn skip_name(name: &std::ffi::OsStr) -> bool {
@@ -117,6 +119,16 @@ impl<'a> Hasher<'a> {
             stat,
             files_read: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            memo: None,
+        }
+    }
+
+    /// Answer the stat of a named path from (and into) `memo` (a walk inside a folder
+    /// still looks at every file).
+    pub fn with_memo(self, memo: &'a crate::fsutil::StatMemo) -> Hasher<'a> {
+        Hasher {
+            memo: Some(memo),
+            ..self
         }
     }
 
@@ -162,7 +174,10 @@ impl<'a> Hasher<'a> {
     /// Hash a workspace-relative path: a file, a folder (recursively) or nothing.
     pub fn path(&self, rel: &str) -> Result<PathHash> {
         let full = self.root.join(rel);
-        let meta = match std::fs::metadata(&full) {
+        let meta = match self
+            .memo
+            .map_or_else(|| std::fs::metadata(&full), |m| m.metadata(&full))
+        {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PathHash::Missing),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),

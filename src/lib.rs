@@ -27,6 +27,7 @@ pub mod release;
 pub mod remote;
 pub mod report;
 pub mod signal;
+pub mod snapshot;
 pub mod source;
 pub mod spec;
 pub mod stage_state;

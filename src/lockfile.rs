@@ -38,7 +38,7 @@ pub struct LockEntry {
     pub outs: BTreeMap<String, OutRecord>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LockFile {
     pub stages: BTreeMap<String, LockEntry>,
 }
@@ -63,6 +63,34 @@ impl LockFile {
             .unwrap_or_else(|| path.display().to_string());
         let text = crate::source::utf8(&display, bytes).map_err(crate::error::invalid)?;
         Self::parse(&text).map_err(|e| crate::error::invalid(format!("{display}:{e}")))
+    }
+
+    /// [`load`](Self::load) through a snapshot ([`crate::snapshot`]): parsing a 1,000-stage
+    /// lock as TOML was most of a no-op `pipe status`.
+    pub fn load_cached(path: &Path, snapshot: &Path) -> Result<LockFile> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let key = crate::snapshot::key(&bytes);
+        if let Some(lf) = crate::snapshot::read(snapshot, &key) {
+            return Ok(lf);
+        }
+        let display = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let text = crate::source::utf8(&display, bytes).map_err(crate::error::invalid)?;
+        let lf = Self::parse(&text).map_err(|e| crate::error::invalid(format!("{display}:{e}")))?;
+        let exact = lf
+            .stages
+            .values()
+            .all(|e| e.params.values().all(crate::snapshot::json_exact));
+        if exact {
+            crate::snapshot::write(snapshot, &key, &lf);
+        }
+        Ok(lf)
     }
 
     /// Parse the lock's text. An error starts with `LINE:COL: ` (or `LINE: `) so the
@@ -291,6 +319,49 @@ mod tests {
                 .unwrap_err()
                 .starts_with("1:")
         );
+    }
+
+    #[test]
+    fn a_snapshot_is_used_only_for_the_exact_lock_it_was_made_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lock, snap) = (
+            dir.path().join("Pipeline.lock"),
+            dir.path().join("s/lock.json"),
+        );
+        let mut lf = LockFile::default();
+        let mut e = LockEntry {
+            fingerprint: "f".into(),
+            cmd: vec!["echo hi".into()],
+            ..Default::default()
+        };
+        e.params.insert("lr".into(), toml::Value::Float(0.1 + 0.2));
+        e.params.insert("n".into(), toml::Value::Integer(3));
+        lf.stages.insert("a".into(), e);
+        std::fs::write(&lock, lf.render()).unwrap();
+        assert!(!snap.exists());
+        assert_eq!(LockFile::load_cached(&lock, &snap).unwrap(), lf);
+        assert!(snap.exists(), "the first load writes the snapshot");
+        // Read back from the snapshot: the same lock, floats bit for bit.
+        assert_eq!(LockFile::load_cached(&lock, &snap).unwrap(), lf);
+        // The lock changes: the snapshot no longer names it and is not used.
+        lf.stages.get_mut("a").unwrap().fingerprint = "g".into();
+        std::fs::write(&lock, lf.render()).unwrap();
+        assert_eq!(LockFile::load_cached(&lock, &snap).unwrap(), lf);
+        // A damaged snapshot is ignored (and replaced).
+        std::fs::write(&snap, b"garbage").unwrap();
+        assert_eq!(LockFile::load_cached(&lock, &snap).unwrap(), lf);
+        // A bad lock is an error even when a snapshot exists.
+        std::fs::write(&lock, "version = 1\n[stages.a\n").unwrap();
+        assert!(LockFile::load_cached(&lock, &snap).is_err());
+        // A value JSON cannot carry (NaN) never goes through a snapshot.
+        let mut lf = LockFile::default();
+        let mut e = LockEntry::default();
+        e.params.insert("x".into(), toml::Value::Float(f64::NAN));
+        lf.stages.insert("a".into(), e);
+        std::fs::remove_file(&snap).unwrap();
+        std::fs::write(&lock, lf.render()).unwrap();
+        LockFile::load_cached(&lock, &snap).unwrap();
+        assert!(!snap.exists());
     }
 
     #[test]

@@ -15,7 +15,9 @@ pub struct Source {
     pub path: PathBuf,
     pub display: String,
     pub text: String,
-    doc: Option<toml_edit::ImDocument<String>>,
+    /// Parsed on first use: spans are only needed to place a diagnostic, and a pipeline
+    /// without problems never pays for a second, span-keeping parse.
+    doc: std::sync::OnceLock<Option<toml_edit::ImDocument<String>>>,
 }
 
 /// A located problem in the pipeline file: formats as `file:line:col: stage `s`: message`.
@@ -55,12 +57,11 @@ impl Source {
     }
 
     pub fn new(path: PathBuf, display: String, text: String) -> Source {
-        let doc = toml_edit::ImDocument::parse(text.clone()).ok();
         Source {
             path,
             display,
             text,
-            doc,
+            doc: std::sync::OnceLock::new(),
         }
     }
 
@@ -75,7 +76,10 @@ impl Source {
 
     /// The span of the key (or array item) at `path`, falling back to the closest parent found.
     pub fn span(&self, path: &[Seg]) -> Option<Range<usize>> {
-        let doc = self.doc.as_ref()?;
+        let doc = self
+            .doc
+            .get_or_init(|| toml_edit::ImDocument::parse(self.text.clone()).ok())
+            .as_ref()?;
         let mut item: &toml_edit::Item = doc.as_item();
         let mut best = None;
         for seg in path {

@@ -6,8 +6,9 @@
 
 use indexmap::IndexMap;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// The JSON Schema (draft-07, which taplo and most editors read) of `Pipeline.toml`.
 pub fn json_schema() -> serde_json::Value {
@@ -66,7 +67,7 @@ fn foreach_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// `Pipeline.toml`: the pipeline, its params, resources and stages.
 pub struct RawPipeline {
@@ -93,7 +94,7 @@ pub struct RawPipeline {
 }
 
 /// `[hooks]`: shell commands run after a build (see `execute::hooks`).
-#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHooks {
     /// After a build that succeeded.
@@ -104,7 +105,7 @@ pub struct RawHooks {
     pub on_release: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// `[pipeline]`: pipeline-wide settings.
 pub struct RawMeta {
@@ -120,7 +121,7 @@ pub struct RawMeta {
     pub keep_runs: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// `[stages.NAME]`: one stage.
 pub struct RawStage {
@@ -183,7 +184,7 @@ pub struct RawStage {
     pub executor: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// `[stages.NAME.gate]`: checks against a JSON file the stage writes.
 pub struct RawGate {
@@ -196,7 +197,7 @@ pub struct RawGate {
     pub checks: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// `[remote]`: the remote cache.
 pub struct RawRemote {
@@ -210,7 +211,7 @@ pub struct RawRemote {
     pub allow_http: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// `[executor]`: where stages run.
 pub struct RawExecutor {
@@ -220,7 +221,7 @@ pub struct RawExecutor {
     pub slurm: Option<RawSlurm>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 /// `[executor.slurm]`.
 pub struct RawSlurm {
@@ -236,6 +237,38 @@ pub struct RawSlurm {
 /// Parse the text into the raw shape; the error keeps the serde message and byte span.
 pub fn parse(text: &str) -> Result<RawPipeline, toml::de::Error> {
     toml::from_str(text)
+}
+
+/// [`parse`] through a snapshot of the parse in `snapshot` ([`crate::snapshot`]).
+pub fn parse_cached(text: &str, snapshot: &Path) -> Result<RawPipeline, toml::de::Error> {
+    let key = crate::snapshot::key(text.as_bytes());
+    if let Some(raw) = crate::snapshot::read(snapshot, &key) {
+        return Ok(raw);
+    }
+    let raw = parse(text)?;
+    if raw.json_exact() {
+        crate::snapshot::write(snapshot, &key, &raw);
+    }
+    Ok(raw)
+}
+
+impl RawPipeline {
+    /// Whether every TOML value in it survives a JSON round trip.
+    fn json_exact(&self) -> bool {
+        use crate::snapshot::json_exact;
+        let poll = self
+            .executor
+            .as_ref()
+            .and_then(|e| e.slurm.as_ref()?.poll_interval);
+        poll.is_none_or(f64::is_finite)
+            && self.params.values().all(json_exact)
+            && self.stages.values().all(|s| {
+                s.cmd.iter().all(json_exact)
+                    && s.env.values().all(json_exact)
+                    && s.matrix.iter().flat_map(|m| m.values()).all(json_exact)
+                    && s.foreach.iter().all(json_exact)
+            })
+    }
 }
 
 /// Merge-friendly view of a params table flattened to dotted leaf keys.

@@ -6,7 +6,6 @@
 use super::Ctx;
 use crate::cli::CleanArgs;
 use crate::error::exit;
-use crate::lockfile::LockFile;
 use crate::report::{Reporter, Tone};
 use anyhow::Result;
 
@@ -28,7 +27,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &CleanArgs) -> Result<i32> {
             |m| rep.waiting(m),
         )?)
     };
-    let mut lock = LockFile::load(&p.layout.lockfile())?;
+    let mut lock = p.layout.load_lock()?;
     let verb = if a.dry_run { "Would remove" } else { "Removed" };
     let (mut outs, mut entries) = (0, 0);
     for &i in &p.order {

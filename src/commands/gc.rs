@@ -5,7 +5,7 @@ use super::Ctx;
 use crate::cache::{Cache, Digest, RunEntry};
 use crate::cli::GcArgs;
 use crate::error::failed;
-use crate::lockfile::{LockFile, OutRecord};
+use crate::lockfile::OutRecord;
 use crate::record;
 use crate::report::{Reporter, Tone};
 use anyhow::Result;
@@ -86,7 +86,9 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
             rep.waiting(m)
         })?)
     };
-    let lock = LockFile::load(&p.layout.lockfile())
+    let lock = p
+        .layout
+        .load_lock()
         .map_err(|e| failed(format!("refusing to gc: cannot read Pipeline.lock: {e:#}")))?;
     let mut keep = Keep::default();
     let mut fingerprints: Vec<String> = Vec::new();

@@ -6,7 +6,6 @@ use crate::cli::StatusArgs;
 use crate::error::exit;
 use crate::graph::Targets;
 use crate::hash::Hasher;
-use crate::lockfile::LockFile;
 use crate::plan::{self, Planner, Reason};
 use crate::report::{Reporter, Tone, paint, state_tone};
 use crate::stage_state::StageState;
@@ -42,10 +41,10 @@ pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>,
         ..Default::default()
     })?;
     let stat = StatCache::load(&p.layout.stat_cache());
-    let lock = LockFile::load(&p.layout.lockfile())?;
+    let lock = p.layout.load_lock()?;
     let cache = Cache::new(&p.layout.cache);
     let planner = Planner {
-        hasher: Hasher::new(&p.root, &stat),
+        hasher: Hasher::new(&p.root, &stat).with_memo(&p.stats),
         cache: &cache,
         use_cache: true,
         remote: None,

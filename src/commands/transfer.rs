@@ -5,7 +5,6 @@ use super::Ctx;
 use crate::cache::Cache;
 use crate::cli::TransferArgs;
 use crate::error::invalid;
-use crate::lockfile::LockFile;
 use crate::release::ReleaseManifest;
 use crate::remote::{ReleaseFiles, Remote};
 use crate::report::{Reporter, Tone};
@@ -21,7 +20,7 @@ fn open(ctx: &Ctx) -> Result<(crate::graph::Pipeline, Remote, Cache, Vec<String>
     };
     let remote = Remote::open(cfg, &p.root)?;
     let cache = Cache::new(&p.layout.cache);
-    let lock = LockFile::load(&p.layout.lockfile())?;
+    let lock = p.layout.load_lock()?;
     let fps = lock
         .stages
         .values()

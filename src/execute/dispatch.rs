@@ -141,6 +141,10 @@ impl Dispatch<'_> {
                                 units,
                             } => {
                                 let s = &p.stages[i];
+                                // Its outs change now: later judges must look at them again.
+                                for o in &s.outs {
+                                    p.stats.forget(&root.join(&o.path));
+                                }
                                 let work = match (work, books.restore.remove(&i)) {
                                     (Work::Restore, Some(entry)) => JobWork::Restore(entry),
                                     _ => {

@@ -21,7 +21,6 @@ use crate::error::exit;
 use crate::event::{Bus, Event};
 use crate::graph::{Pipeline, Targets};
 use crate::hash::Hasher;
-use crate::lockfile::LockFile;
 use crate::plan::{self, Planner};
 use crate::record::events::EventLog;
 use crate::record::history::{self, Index};
@@ -54,8 +53,14 @@ pub struct BuildOptions {
 }
 
 /// Before anything runs: a stage whose earlier run left processes alive (pipe and its
-/// watchdog were both killed) has them stopped first, with one line saying so.
-fn stop_leftovers(p: &Pipeline, incomplete: &std::collections::BTreeSet<String>, rep: &Reporter) {
+/// watchdog were both killed) has them stopped first, with one line saying so. Whether
+/// any was stopped.
+fn stop_leftovers(
+    p: &Pipeline,
+    incomplete: &std::collections::BTreeSet<String>,
+    rep: &Reporter,
+) -> bool {
+    let mut stopped = false;
     for stage in incomplete {
         let Some(m) = markers::read(&p.layout, stage) else {
             continue;
@@ -68,8 +73,10 @@ fn stop_leftovers(p: &Pipeline, incomplete: &std::collections::BTreeSet<String>,
                 m.run_id, g.pgid
             ));
             crate::process_group::stop_leftover(g, control::GRACE);
+            stopped = true;
         }
     }
+    stopped
 }
 
 pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Summary> {
@@ -78,9 +85,9 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
     let stat = StatCache::load(&p.layout.stat_cache());
     let cache = Cache::new(&p.layout.cache);
     if opts.dry_run {
-        let lock = LockFile::load(&p.layout.lockfile())?;
+        let lock = p.layout.load_lock()?;
         let planner = Planner {
-            hasher: Hasher::new(&p.root, &stat),
+            hasher: Hasher::new(&p.root, &stat).with_memo(&p.stats),
             cache: &cache,
             use_cache: opts.use_cache,
             remote: None,
@@ -125,13 +132,19 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
     }
     // Forked while pipe still has one thread: it stops every stage's processes if pipe dies.
     let watchdog = crate::process_group::Watchdog::start().map(std::sync::Arc::new);
+    let mut waited = false;
     let mut ws = crate::wslock::acquire(&p.layout, opts.wait, &opts.command.join(" "), |m| {
+        waited = true;
         rep.waiting(m)
     })?;
     // Read the lock now that we hold the workspace: a build we waited for may have changed it.
-    let lock = LockFile::load(&p.layout.lockfile())?;
+    let lock = p.layout.load_lock()?;
     let incomplete = markers::incomplete(p);
-    stop_leftovers(p, &incomplete, rep);
+    if stop_leftovers(p, &incomplete, rep) || waited {
+        // Another build, or what a dead one left running, may have written the workspace
+        // since the pipeline was loaded.
+        p.stats.forget_all();
+    }
     let remote = match (&p.remote, opts.pull || opts.push) {
         (Some(r), true) => Some(crate::remote::Remote::open(r, &p.root)?),
         (None, true) => {
@@ -185,7 +198,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
             stat: &stat,
             cache: &cache,
             planner: Planner {
-                hasher: Hasher::new(&p.root, &stat),
+                hasher: Hasher::new(&p.root, &stat).with_memo(&p.stats),
                 cache: &cache,
                 use_cache: opts.use_cache,
                 remote: if opts.pull { remote.as_ref() } else { None },

@@ -23,6 +23,8 @@ pub(super) struct Builder<'a> {
     pub(super) root: PathBuf,
     pub(super) opts: &'a LoadOptions,
     pub(super) diags: Vec<Diag>,
+    /// Paths looked at while loading, handed on to the pipeline (and its hasher).
+    pub(super) stats: crate::fsutil::StatMemo,
 }
 
 pub(super) fn key_path<'a>(stage: &'a str, key: &'a str) -> [Seg<'a>; 3] {
@@ -36,6 +38,7 @@ impl<'a> Builder<'a> {
             root,
             opts,
             diags: Vec::new(),
+            stats: Default::default(),
         }
     }
 
@@ -137,7 +140,11 @@ impl<'a> Builder<'a> {
     }
 
     pub(super) fn build(mut self) -> Result<Pipeline> {
-        let raw: RawPipeline = spec::parse(&self.src.text).map_err(|e| self.parse_error(e))?;
+        let snapshot = Layout::for_file(&self.root, &self.src.path, None, None)
+            .state()
+            .join("pipeline.json");
+        let raw: RawPipeline =
+            spec::parse_cached(&self.src.text, &snapshot).map_err(|e| self.parse_error(e))?;
         let mut params = raw.params.clone();
         if let Some(pf) = &raw.params_file {
             self.merge_params_file(pf, &mut params);
@@ -234,6 +241,7 @@ impl<'a> Builder<'a> {
         crate::fsutil::sweep_once(&layout.tmp());
         crate::fsutil::sweep_once(&layout.cache.join("tmp"));
         Ok(Pipeline {
+            stats: self.stats,
             file: self.src.path.clone(),
             root: self.root,
             name: raw.pipeline.name.clone(),

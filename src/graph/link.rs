@@ -93,7 +93,9 @@ impl<'a> Builder<'a> {
                     self.diags.push(d);
                     continue;
                 }
-                if producers.is_empty() && dep.glob.is_none() && !self.root.join(&dep.path).exists()
+                if producers.is_empty()
+                    && dep.glob.is_none()
+                    && self.stats.metadata(&self.root.join(&dep.path)).is_err()
                 {
                     let d = self
                         .src

@@ -96,6 +96,8 @@ impl Stage {
 }
 
 pub struct Pipeline {
+    /// What loading saw of the workspace's paths (see [`crate::fsutil::StatMemo`]).
+    pub stats: crate::fsutil::StatMemo,
     pub file: PathBuf,
     pub root: PathBuf,
     pub source: Source,

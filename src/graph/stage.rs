@@ -331,7 +331,7 @@ impl<'a> Builder<'a> {
                             Some(&name),
                             format!("out `{o}` would overwrite pipe's own file"),
                         );
-                    } else if let Err(e) = check_inside(&self.root, &path) {
+                    } else if let Err(e) = check_inside(&self.root, &path, &self.stats) {
                         self.err(&loc, Some(&name), format!("out `{o}` {e}"));
                     } else {
                         outs.push(Out { path, dir_hint });
@@ -637,10 +637,14 @@ impl<'a> Builder<'a> {
 }
 
 /// Refuse an out whose existing parent (or itself) is a symlink leading outside the workspace.
-fn check_inside(root: &Path, rel: &str) -> std::result::Result<(), String> {
+fn check_inside(
+    root: &Path,
+    rel: &str,
+    stats: &crate::fsutil::StatMemo,
+) -> std::result::Result<(), String> {
     let mut p = root.join(rel);
     loop {
-        if let Ok(meta) = std::fs::symlink_metadata(&p) {
+        if let Ok(meta) = stats.symlink_metadata(&p) {
             // Not a symlink itself: only a symlinked folder on the way could lead out, and
             // folders are checked once each (a thousand outs in one folder: one check).
             let real_dir = if meta.file_type().is_symlink() {

@@ -1,0 +1,88 @@
+//! Parsed files kept beside their text: `Pipeline.toml` and `Pipeline.lock` as JSON in
+//! `.pipe/state/`, each named by the blake3 of the bytes it was parsed from. Parsing a
+//! 1,000-stage pipeline and its lock as TOML was most of a no-op `pipe status`; reading the
+//! snapshot instead costs a fraction of it.
+//!
+//! The text stays the only truth: a snapshot is used only when it names the exact bytes
+//! (and was written by this build of pipe); a missing, stale or undecodable one is ignored
+//! and replaced after the text is parsed. Values JSON cannot carry exactly (TOML datetimes,
+//! non-finite floats) are never snapshotted.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// The first line of a snapshot: its format and the pipe that wrote it (another build of
+/// pipe may parse the same text into other types).
+fn magic() -> String {
+    format!(
+        "pipe-snapshot 1 {} {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("PIPE_GIT_COMMIT")
+    )
+}
+
+/// The key of `bytes`: what a snapshot of their parse is named by.
+pub fn key(bytes: &[u8]) -> blake3::Hash {
+    blake3::hash(bytes)
+}
+
+/// The value in the snapshot at `path`, if it was made from the bytes whose key is `key`.
+pub fn read<T: DeserializeOwned>(path: &Path, key: &blake3::Hash) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    let rest = bytes
+        .strip_prefix(magic().as_bytes())?
+        .strip_prefix(b"\n")?;
+    let rest = rest
+        .strip_prefix(key.to_hex().as_bytes())?
+        .strip_prefix(b"\n")?;
+    serde_json::from_slice(rest).ok()
+}
+
+/// Keep `value` as the parse of the bytes whose key is `key` (best effort: a snapshot that
+/// cannot be written only costs the next command a parse).
+pub fn write<T: Serialize>(path: &Path, key: &blake3::Hash, value: &T) {
+    let Ok(json) = serde_json::to_vec(value) else {
+        return;
+    };
+    let mut buf = format!("{}\n{}\n", magic(), key.to_hex()).into_bytes();
+    buf.extend_from_slice(&json);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = crate::fsutil::quick_write(path, &buf) {
+        tracing::debug!(error = %e, path = %path.display(), "cannot write a snapshot");
+    }
+}
+
+/// Whether a TOML value comes back from JSON exactly as it went in.
+pub fn json_exact(v: &toml::Value) -> bool {
+    match v {
+        toml::Value::Float(f) => f.is_finite(),
+        toml::Value::Datetime(_) => false,
+        toml::Value::Array(a) => a.iter().all(json_exact),
+        toml::Value::Table(t) => t.values().all(json_exact),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_answers_only_for_its_own_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/x.json");
+        let k = key(b"text one");
+        write(&path, &k, &vec![1.5f64, 0.1 + 0.2]);
+        assert_eq!(read::<Vec<f64>>(&path, &k), Some(vec![1.5, 0.1 + 0.2]));
+        assert_eq!(read::<Vec<f64>>(&path, &key(b"text two")), None);
+        std::fs::write(&path, b"garbage").unwrap();
+        assert_eq!(read::<Vec<f64>>(&path, &k), None);
+        assert!(!json_exact(&toml::Value::Float(f64::NAN)));
+        assert!(json_exact(&toml::Value::Array(vec![toml::Value::Integer(
+            3
+        )])));
+    }
+}
