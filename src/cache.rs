@@ -255,7 +255,7 @@ impl Cache {
     /// The temp folder, made, with the litter of dead writers gone.
     pub fn prepare_tmp(&self) -> Result<PathBuf> {
         let t = self.tmp_dir();
-        std::fs::create_dir_all(&t).with_context(|| format!("cannot create {}", t.display()))?;
+        crate::fsutil::ensure_dir(&t).with_context(|| format!("cannot create {}", t.display()))?;
         crate::fsutil::sweep_once(&t);
         Ok(t)
     }
@@ -264,7 +264,8 @@ impl Cache {
     fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let t = self.prepare_tmp()?;
         if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+            crate::fsutil::ensure_dir(p)
+                .with_context(|| format!("cannot create {}", p.display()))?;
         }
         crate::fsutil::quick_write_via(&t, path, bytes)
     }
@@ -278,17 +279,34 @@ impl Cache {
     /// the file system allows, else a copy: never a hard link, so editing the workspace
     /// file can never change the object.
     pub fn store_file(&self, src: &Path, digest: &Digest) -> Result<()> {
+        match self.store_file_once(src, digest) {
+            // A cache folder made earlier in this process was removed since (a `gc` of a
+            // shared cache): make it again.
+            Err(e) if crate::fsutil::is_not_found(&e) && src.exists() => {
+                let parent = self.object_path(digest);
+                let parent = parent.parent().unwrap_or(&self.dir);
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+                std::fs::create_dir_all(self.tmp_dir())
+                    .with_context(|| format!("cannot create {}", self.tmp_dir().display()))?;
+                self.store_file_once(src, digest)
+            }
+            r => r,
+        }
+    }
+
+    fn store_file_once(&self, src: &Path, digest: &Digest) -> Result<()> {
         let dest = self.object_path(digest);
         if dest.exists() {
             return Ok(());
         }
         let parent = dest.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(parent)
+        crate::fsutil::ensure_dir(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
         let tmp =
             self.prepare_tmp()?
                 .join(format!(".tmp-{}{}", crate::fsutil::tmp_tag(), unique()));
-        let result = reflink_copy::reflink_or_copy(src, &tmp)
+        let result = clone_or_copy(src, &tmp)
             .with_context(|| format!("cannot copy {} into the cache", src.display()))
             .and_then(|_| {
                 let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444));
@@ -790,6 +808,20 @@ fn record_stat(stat: &StatCache, root: &Path, rel: &str, digest: &Digest) {
     if let Ok(m) = std::fs::metadata(root.join(rel)) {
         stat.put(rel, Stat::of(&m), digest.to_blake3());
     }
+}
+
+/// Copy-on-write where the file system allows, else a copy. Once a clone has failed, the
+/// rest of the process copies at once: each failed attempt creates and removes a file.
+fn clone_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static NO_CLONE: AtomicBool = AtomicBool::new(false);
+    if NO_CLONE.load(Ordering::Relaxed) {
+        return std::fs::copy(src, dest).map(drop);
+    }
+    if reflink_copy::reflink_or_copy(src, dest)?.is_some() {
+        NO_CLONE.store(true, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 fn unique() -> u64 {

@@ -42,15 +42,61 @@ fn tmp_dir_for(dir: &Path) -> PathBuf {
     }
 }
 
+/// `create_dir_all`, once per folder and process: a build writes thousands of files into a
+/// handful of folders (`.pipe/tmp`, the cache's `tmp` and `runs`), and each needless
+/// `mkdir` is a failing system call. A folder removed behind pipe's back is made again by
+/// the writers that retry on "not found" ([`write_replace`], the cache's object store).
+pub fn ensure_dir(dir: &Path) -> std::io::Result<()> {
+    use std::sync::Mutex;
+    static MADE: Mutex<Option<std::collections::HashSet<PathBuf>>> = Mutex::new(None);
+    let known = |d: &Path| {
+        MADE.lock()
+            .is_ok_and(|m| m.as_ref().is_some_and(|s| s.contains(d)))
+    };
+    if known(dir) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    if let Ok(mut m) = MADE.lock() {
+        m.get_or_insert_with(Default::default)
+            .insert(dir.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Whether an error is (or wraps) "not found".
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::NotFound)
+}
+
 fn write_replace(path: &Path, bytes: &[u8], sync: bool, tmp_dir: Option<&Path>) -> Result<()> {
+    match write_replace_once(path, bytes, sync, tmp_dir) {
+        // A folder made earlier in this process was removed since: make it again.
+        Err(e) if is_not_found(&e) => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create folder {}", dir.display()))?;
+            if let Some(t) = tmp_dir {
+                let _ = std::fs::create_dir_all(t);
+            } else {
+                let _ = std::fs::create_dir_all(tmp_dir_for(dir));
+            }
+            write_replace_once(path, bytes, sync, tmp_dir)
+        }
+        r => r,
+    }
+}
+
+fn write_replace_once(path: &Path, bytes: &[u8], sync: bool, tmp_dir: Option<&Path>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create folder {}", dir.display()))?;
+    ensure_dir(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
     let tmp_dir = tmp_dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| tmp_dir_for(dir));
     if tmp_dir != dir {
-        if std::fs::create_dir_all(&tmp_dir).is_err() {
+        if ensure_dir(&tmp_dir).is_err() {
             return write_in(dir, path, bytes, sync);
         }
         sweep_once(&tmp_dir);
@@ -761,6 +807,21 @@ mod stat_memo_tests {
         memo.forget_all();
         assert_eq!(memo.metadata(&a).unwrap().len(), 2);
         assert!(memo.metadata(&dir.path().join("nope")).is_ok());
+    }
+
+    #[test]
+    fn a_folder_made_once_and_removed_behind_our_back_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        super::ensure_dir(&sub).unwrap();
+        super::quick_write(&sub.join("x"), b"1").unwrap();
+        std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+        // `ensure_dir` remembers it was made and does not look again ...
+        super::ensure_dir(&sub).unwrap();
+        assert!(!sub.exists());
+        // ... and a write into it still lands.
+        super::quick_write(&sub.join("x"), b"2").unwrap();
+        assert_eq!(std::fs::read(sub.join("x")).unwrap(), b"2");
     }
 
     #[test]

@@ -192,7 +192,15 @@ impl Sink for Ledger<'_> {
                 self.manifest.stages.insert(stage.clone(), r);
             }
             Event::StageStart { stage, .. } => {
-                markers::write(&self.p.layout, stage, &self.rec.run_id, None)?;
+                // A local command's marker is written once its process group exists (with
+                // the group); a Slurm job has no local group, so its marker is written now.
+                let local = self
+                    .p
+                    .stage(stage)
+                    .is_none_or(|s| s.executor == crate::graph::ExecutorKind::Local);
+                if !local {
+                    markers::write(&self.p.layout, stage, &self.rec.run_id, None)?;
+                }
             }
             Event::StageOk {
                 stage,

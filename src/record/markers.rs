@@ -3,10 +3,10 @@
 //! (`RUN_ID PGID START`). A marker left behind means the stage's last run was cut off
 //! (`incomplete`), and names the group a later build must stop before running it again.
 
-use crate::fsutil::{Layout, marker_name, quick_write};
+use crate::fsutil::{Layout, marker_name};
 use crate::graph::Pipeline;
 use crate::process_group::Recorded;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
@@ -19,12 +19,23 @@ pub struct Marker {
     pub since: Option<SystemTime>,
 }
 
+/// Written in place, not through a temporary file and a rename: a marker is a few bytes
+/// written at once, and a torn one still reads as a marker (of no live run), which is all
+/// `incomplete` needs. One file a stage, instead of two creates and two renames.
 pub fn write(layout: &Layout, stage: &str, run_id: &str, group: Option<Recorded>) -> Result<()> {
     let text = match group {
         Some(g) => format!("{run_id} {} {}\n", g.pgid, g.start),
         None => format!("{run_id}\n"),
     };
-    quick_write(&layout.running_marker(stage), text.as_bytes())
+    let path = layout.running_marker(stage);
+    let dir = layout.running_dir();
+    crate::fsutil::ensure_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    match std::fs::write(&path, &text) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&path, &text))
+            .with_context(|| format!("cannot write {}", path.display())),
+        r => r.with_context(|| format!("cannot write {}", path.display())),
+    }
 }
 
 pub fn remove(layout: &Layout, stage: &str) {

@@ -279,7 +279,18 @@ pub fn mark_crashed(runs_dir: &Path) {
         Err(_) => return,
     };
     ids.sort();
+    /// Only the status: a manifest of 1,000 stages is not decoded to read one field.
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: RunStatus,
+    }
     for id in ids.iter().rev().take(3) {
+        let Ok(bytes) = std::fs::read(runs_dir.join(id).join("manifest.json")) else {
+            continue;
+        };
+        if !serde_json::from_slice::<Status>(&bytes).is_ok_and(|s| s.status == RunStatus::Running) {
+            continue;
+        }
         let Ok(mut m) = read_manifest(&runs_dir.join(id)) else {
             continue;
         };
