@@ -115,6 +115,7 @@ impl Dispatch<'_> {
         let (cache, stat, root, push) = (self.cache, self.stat, &p.root, self.push);
 
         let scoped = std::thread::scope(|scope| -> Result<()> {
+            let mut workers = super::workers::Workers::new(scope, tx.clone());
             let mut running: HashMap<usize, Arc<Control>> = HashMap::new();
             let mut tails: BTreeMap<usize, Tail> = BTreeMap::new();
             loop {
@@ -173,7 +174,7 @@ impl Dispatch<'_> {
                                 let fingerprint =
                                     books.fingerprints.get(&i).cloned().unwrap_or_default();
                                 let tx = tx.clone();
-                                scope.spawn(move || {
+                                workers.run(move || {
                                     let job = Job {
                                         index: i,
                                         stage: s,
@@ -185,8 +186,7 @@ impl Dispatch<'_> {
                                         stat,
                                         push,
                                     };
-                                    let done = job.execute(work, &tx);
-                                    let _ = tx.send(Msg::Done(done));
+                                    Msg::Done(job.execute(work, &tx))
                                 });
                             }
                         }

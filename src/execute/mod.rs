@@ -13,6 +13,7 @@ pub mod local;
 mod pools;
 pub mod scheduler;
 pub mod slurm;
+mod workers;
 
 pub use job::backoff;
 
