@@ -161,7 +161,7 @@ def w1(a):
         make_deps={"data": "$(wildcard data/*/*.txt)"},
         smk_deps={"data": 'sorted(glob.glob("data/*/*.txt"))'},
     )
-    link_inputs(a.dir, "data")
+    link_inputs(a.dir, "data", a.tools or TOOLS)
 
 
 def w2(a):
@@ -270,6 +270,7 @@ def main():
     p.add_argument("dir")
     p.add_argument("--files", type=int, default=100_000)
     p.add_argument("--dirs", type=int, default=100)
+    p.add_argument("--tools", nargs="*", help="tool folders to make (default: all)")
     p = sub.add_parser("w2")
     p.add_argument("dir")
     p.add_argument("--stages", type=int, default=1000)

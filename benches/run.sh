@@ -8,7 +8,7 @@
 # removed at the end unless --keep.
 set -euo pipefail
 
-QUICK=0 PEERS=0 KEEP=0 OUT="" ONLY="W1,W2,W3,W4,W5,CACHE"
+QUICK=0 PEERS=0 KEEP=0 OUT="" ONLY="W1,W2,W3,W4,W5,W6,CACHE"
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -34,11 +34,11 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 
 # --- sizes ------------------------------------------------------------------------------
 if ((QUICK)); then
-    W1_FILES=10000 W1_DIRS=20 W2_STAGES=100 W3_COUNT=2 W3_MIB=64 W4_STAGES=4
+    W1_FILES=10000 W1_DIRS=20 W2_STAGES=100 W3_COUNT=2 W3_MIB=64 W4_STAGES=4 W6_FILES=50000
     W5_GROUPS=50 CACHE_MIB=128
     RUNS_FAST=3 RUNS_SLOW=1 PEER_FAST=2 PEER_SLOW=1 CAP=60
 else
-    W1_FILES=100000 W1_DIRS=100 W2_STAGES=1000 W3_COUNT=4 W3_MIB=512 W4_STAGES=8
+    W1_FILES=100000 W1_DIRS=100 W2_STAGES=1000 W3_COUNT=4 W3_MIB=512 W4_STAGES=8 W6_FILES=1000000
     W5_GROUPS=500 CACHE_MIB=1024
     RUNS_FAST=10 RUNS_SLOW=3 PEER_FAST=3 PEER_SLOW=1 CAP=150
 fi
@@ -72,6 +72,9 @@ mkdir -p "$WORK"/{json,trash,bin}
 # Time a copy, so a rebuild in the tree during the run cannot swap the binary under us.
 cp "$PIPE" "$WORK/bin/pipe"
 PIPE=$WORK/bin/pipe
+# The stat floor: a parallel `stat` of every file and nothing else (benches/statfloor.rs).
+rustc -O --edition 2021 "$BENCHES/statfloor.rs" -o "$WORK/bin/statfloor" ||
+    die "cannot compile benches/statfloor.rs"
 RES=$WORK/results.tsv
 : >"$RES"
 cleanup() {
@@ -209,9 +212,10 @@ w1() {
     sleep 0.2
     local opened
     opened=$(strace -f -e trace=openat -o "$WORK/w1.strace" "$PIPE" -q build >/dev/null 2>&1 &&
-        grep -c "\"$d/pipe/data/.*\.txt\", O_RDONLY|O_CLOEXEC)" "$WORK/w1.strace" || true)
+        grep -c "\"$d/pipe/data/.*\.txt\", O_RDONLY" "$WORK/w1.strace" || true)
     note "- W1: the rebuild after editing one file opened $opened file(s) under \`data/\` to hash them (counted with strace; \`du\` in the stage only lists folders)."
     IGNORE=1 rss w1.status_rss pipe "$PIPE" -q status
+    WARM=2 hf w1.status floor "$RUNS_FAST" "" "$WORK/bin/statfloor data"
 
     log "W1: make"
     cd "$d/make"
@@ -245,6 +249,36 @@ w1() {
     fi
 }
 
+# --- W6 a million files -----------------------------------------------------------------
+w6() {
+    local d=$WORK/w6 dirs=$((W6_FILES / 1000))
+    log "W6: generating $W6_FILES files of 1 KiB in $dirs folders (pipe and DVC only)"
+    python3 "$BENCHES/gen.py" w1 "$d" --files "$W6_FILES" --dirs "$dirs" --tools pipe dvc
+    local edit="printf 'edit %s\n' \$(date +%s%N) >> data/d$(printf %03d $((dirs / 2)))/f0500.txt"
+    sleep 1
+    log "W6: pipe"
+    cd "$d/pipe"
+    once w6.first pipe "$CAP" "" "$PIPE -q build"
+    sleep 1
+    IGNORE=1 WARM=1 hf w6.status pipe "$RUNS_SLOW" "" "$PIPE -q status"
+    IGNORE=1 hf w6.edit_status pipe "$RUNS_SLOW" "$edit" "$PIPE -q status"
+    IGNORE=1 rss w6.status_rss pipe "$PIPE" -q status
+    WARM=1 hf w6.status floor "$RUNS_SLOW" "" "$WORK/bin/statfloor data"
+    if has dvc; then
+        log "W6: dvc (each step stopped after ${CAP}s)"
+        cd "$d/dvc"
+        dvc_init
+        once w6.first dvc "$CAP" "" "$DVC repro -q"
+        if [[ $(tail -n1 "$RES" | cut -f5) != timeout ]]; then
+            IGNORE=1 once w6.status dvc "$CAP" "" "$DVC status -q"
+            IGNORE=1 once w6.edit_status dvc "$CAP" "$edit" "$DVC status -q"
+            rss w6.status_rss dvc "$DVC" status -q
+        else
+            note "- W6: \`dvc repro\` had not hashed the $W6_FILES files when stopped after ${CAP}s, so DVC has no no-op time here."
+        fi
+    fi
+}
+
 # --- W2 wide DAG ------------------------------------------------------------------------
 w2() {
     local d=$WORK/w2
@@ -257,10 +291,32 @@ w2() {
     hf w2.first pipe "$RUNS_SLOW" "$RESET .pipe Pipeline.lock out all.txt" "$PIPE -q build -j 2"
     IGNORE=1 WARM=2 hf w2.status pipe "$RUNS_FAST" "" "$PIPE -q status"
     WARM=1 hf w2.build pipe "$RUNS_FAST" "" "$PIPE -q build -j 2"
+    # What a first build creates besides the stages' outs (strace, fresh folders).
+    "$RESET" .pipe Pipeline.lock out all.txt
+    strace -f -e trace=openat,mkdir,rename,unlink,clone,clone3,execve -o "$WORK/w2.strace" \
+        "$PIPE" -q build -j 2 >/dev/null 2>&1 || true
+    local created mkdirs threads
+    created=$(grep 'O_CREAT' "$WORK/w2.strace" | grep -vc '"out/\|all.txt"' || true)
+    mkdirs=$(grep -c 'mkdir(' "$WORK/w2.strace" || true)
+    threads=$(grep -c 'CLONE_THREAD' "$WORK/w2.strace" || true)
+    note "- W2 first build under strace: pipe created $created files besides the outs ($(python3 -c "print(round($created / ($W2_STAGES + 1), 2))") per stage: the stage's log, its cache object and run-cache entry through a temporary file each, its running marker; plus the lock, records and snapshots), made $mkdirs mkdir calls and started $threads threads for $((W2_STAGES + 1)) stages."
+
+    # Features on: the same pipeline with a hook and \`--follow\` (streaming every line),
+    # against the plain build above; history (run records, pruning) is always on.
+    log "W2: pipe with a hook and --follow"
+    mkdir -p "$d/feat" && cp -al "$d/pipe/in" "$d/feat/in" && cp "$d/pipe/Pipeline.toml" "$d/feat/"
+    printf '\n[hooks]\non_success = "true"\n' >>"$d/feat/Pipeline.toml"
+    cd "$d/feat"
+    hf w2.first features "$RUNS_SLOW" "$RESET .pipe Pipeline.lock out all.txt" "$PIPE -q build -j 2 --follow"
+    IGNORE=1 WARM=2 hf w2.status features "$RUNS_FAST" "" "$PIPE -q status"
+    WARM=1 hf w2.build features "$RUNS_FAST" "" "$PIPE -q build -j 2 --follow"
 
     log "W2: make"
     cd "$d/make"
     hf w2.first make "$RUNS_SLOW" "$RESET out all.txt" "make -s -j2"
+    "$RESET" out all.txt
+    strace -f -e trace=openat -o "$WORK/w2.make.strace" make -s -j2 >/dev/null 2>&1 || true
+    note "- W2 first build under strace: make created $(grep 'O_CREAT' "$WORK/w2.make.strace" | grep -vc '"out/\|all.txt"' || true) files besides the outs."
     IGNORE=1 WARM=2 hf w2.status make "$RUNS_FAST" "" "make -q"
     WARM=1 hf w2.build make "$RUNS_FAST" "" "make -s -j2"
 
@@ -388,6 +444,7 @@ want W2 && w2
 want W3 && w3
 want W4 && w4
 want W5 && w5
+want W6 && w6
 want CACHE && cache_bench
 
 # --- report -----------------------------------------------------------------------------
@@ -404,7 +461,7 @@ ver() { "$@" 2>/dev/null | head -n1 || true; }
 } >"$WORK/machine.txt"
 python3 "$BENCHES/report.py" "$RES" --machine "$WORK/machine.txt" --notes "$WORK/notes.md" \
     --w1 "$W1_FILES" --w2 "$W2_STAGES" --w3 "$W3_COUNT" "$W3_MIB" --w4 "$W4_STAGES" "$W4_IDEAL" \
-    --w5 $((W5_GROUPS * 20)) --cache "$CACHE_MIB" $( ((QUICK)) && echo --quick) | tee "$WORK/report.md"
+    --w5 $((W5_GROUPS * 20)) --w6 "$W6_FILES" --cache "$CACHE_MIB" $( ((QUICK)) && echo --quick) | tee "$WORK/report.md"
 mkdir -p "$(dirname "$OUT")"
 cp "$WORK/report.md" "$OUT"
 cp "$RES" "${OUT%.md}.tsv"

@@ -5,7 +5,7 @@
 //! read-only commands can tell a live build from a dead one without taking the lock.
 
 use crate::error::failed;
-use crate::fsutil::{Layout, atomic_write, now_rfc3339};
+use crate::fsutil::{Layout, now_rfc3339, quick_write};
 use crate::process_group::start_time;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -69,7 +69,7 @@ impl WorkspaceLock {
     /// Name the run this build records, for `status` and `runs` in other terminals.
     pub fn set_run(&mut self, run_id: &str) -> Result<()> {
         self.holder.run_id = Some(run_id.to_string());
-        atomic_write(&self.path, &serde_json::to_vec(&self.holder)?)
+        quick_write(&self.path, &serde_json::to_vec(&self.holder)?)
     }
 }
 
@@ -191,7 +191,8 @@ pub fn acquire(
         run_id: None,
     };
     let hp = holder_path(layout);
-    atomic_write(&hp, &serde_json::to_vec(&holder)?)?;
+    // No fsync: after a power cut no holder is alive, whatever the file says.
+    quick_write(&hp, &serde_json::to_vec(&holder)?)?;
     Ok(WorkspaceLock {
         _file: file,
         holder,

@@ -160,11 +160,17 @@ impl Recorder {
         log_path(&self.dir, stage)
     }
 
+    /// Write the manifest: through a temporary file and a rename always, with an fsync only
+    /// once the run has ended. A manifest that says `running` and is lost to a power cut
+    /// costs nothing (the run is `crashed` either way); the final one must survive.
     pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
-        atomic_write(
-            &self.dir.join("manifest.json"),
-            &serde_json::to_vec_pretty(m)?,
-        )
+        let bytes = serde_json::to_vec_pretty(m)?;
+        let path = self.dir.join("manifest.json");
+        if m.status == RunStatus::Running {
+            crate::fsutil::quick_write(&path, &bytes)
+        } else {
+            atomic_write(&path, &bytes)
+        }
     }
 
     pub fn write_gate(&self, g: &crate::gate::GateResult) -> Result<()> {
@@ -210,6 +216,11 @@ pub fn now_rfc3339_ms() -> String {
 
 /// Git commit and dirty flag of the workspace, when it is a git repository.
 pub fn git_info(root: &Path) -> Git {
+    // Outside a git work tree there is nothing to ask: no `git` process (a fork and an exec
+    // per build, and a failing exec per folder on PATH before git is found).
+    if std::env::var_os("GIT_DIR").is_none() && !root.ancestors().any(|a| a.join(".git").exists()) {
+        return Git::default();
+    }
     let run = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
