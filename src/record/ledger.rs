@@ -273,7 +273,11 @@ impl Sink for Ledger<'_> {
                 let lock = self.flush(true);
                 self.manifest.status = *status;
                 self.manifest.finished_at = Some(now_rfc3339());
-                self.rec.write_manifest(&self.manifest)?;
+                // A no-op leaves no run folder (the build removes it): no final manifest to
+                // render and fsync for it.
+                if !super::history::is_noop(&self.manifest) {
+                    self.rec.write_manifest(&self.manifest)?;
+                }
                 lock?;
             }
             Event::RunStart { .. }
