@@ -159,26 +159,22 @@ fn s3_remote_cache_end_to_end() {
     r.ok();
 }
 
-/// Overwrite an object in the bucket behind pipe's back (a plain, unconditional PUT).
+/// Overwrite an object in the bucket behind pipe's back (a plain, unconditional PUT), signed
+/// with rusty-s3 and sent with ureq like pipe's own requests.
 fn tamper(s3: &Server, bucket: &str, key: &str) {
-    use object_store::ObjectStoreExt;
-    pipe::tls::install_crypto_provider(); // rustls with ring, as the pipe binary does
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_endpoint(s3.var("PIPE_TEST_S3_ENDPOINT"))
-        .with_access_key_id(s3.var("AWS_ACCESS_KEY_ID"))
-        .with_secret_access_key(s3.var("AWS_SECRET_ACCESS_KEY"))
-        .with_region("us-east-1")
-        .with_allow_http(true)
-        .build()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(store.put(
-        &object_store::path::Path::from(key),
-        object_store::PutPayload::from(b"evil bytes".to_vec()),
-    ))
+    use rusty_s3::S3Action;
+    let bucket = rusty_s3::Bucket::new(
+        s3.var("PIPE_TEST_S3_ENDPOINT").parse().unwrap(),
+        rusty_s3::UrlStyle::Path,
+        bucket.to_string(),
+        "us-east-1",
+    )
     .unwrap();
+    let creds =
+        rusty_s3::Credentials::new(s3.var("AWS_ACCESS_KEY_ID"), s3.var("AWS_SECRET_ACCESS_KEY"));
+    let url = bucket
+        .put_object(Some(&creds), key)
+        .sign(Duration::from_secs(600));
+    let r = ureq::put(url.as_str()).send(&b"evil bytes"[..]).unwrap();
+    assert!(r.status().is_success(), "tamper: {}", r.status());
 }
