@@ -273,6 +273,8 @@ impl S3Store {
             // A presigned URL is valid for one host only: a redirect is an error to show.
             .max_redirects(0)
             .max_redirects_will_error(false)
+            // Keep a connection for each transfer thread (`jobs`, and parts of big objects).
+            .max_idle_connections(64)
             .max_idle_connections_per_host(64)
             .user_agent(concat!("pipe/", env!("CARGO_PKG_VERSION")))
             .build()
