@@ -95,15 +95,20 @@ fn s3_remote_cache_end_to_end() {
     c.pipe(&["build"]).ok().err_has("2 restored");
     assert_eq!(runs(&c), 0);
 
-    // A wrong secret key is a clear error, not a hang; the local build still works.
-    bounded(
-        &s3,
-        &c,
-        &["push"],
-        &[("AWS_SECRET_ACCESS_KEY", "wrong-secret")],
-    )
-    .code(1)
-    .err_has("access denied");
+    // A wrong secret key is a clear error, not a hang; the local build still works. (moto,
+    // the fallback server, checks no signatures: a missing key stands in for a wrong one.)
+    let checked = s3.var("PIPE_TEST_S3_SIGNATURES_CHECKED") == "1";
+    let bad_key = if checked { "wrong-secret" } else { "" };
+    if checked {
+        bounded(&s3, &c, &["push"], &[("AWS_SECRET_ACCESS_KEY", bad_key)])
+            .code(1)
+            .err_has("access denied");
+    } else {
+        eprintln!("NOTE: the S3 server checks no signatures; not testing a wrong key");
+    }
+    bounded(&s3, &c, &["push"], &[("AWS_SECRET_ACCESS_KEY", "")])
+        .code(1)
+        .err_has("no S3 credentials: set AWS_SECRET_ACCESS_KEY (");
     let root_d = tempfile::tempdir().unwrap();
     let d = Ws {
         dir: tempfile::tempdir_in(root_d.path()).unwrap(),
@@ -115,7 +120,7 @@ fn s3_remote_cache_end_to_end() {
         &s3,
         &d,
         &["build", "--pull"],
-        &[("AWS_SECRET_ACCESS_KEY", "wrong-secret")],
+        &[("AWS_SECRET_ACCESS_KEY", bad_key)],
     );
     r.ok().err_has("cannot fetch from the remote cache");
     assert_eq!(runs(&d), 2, "the local build must still run");
