@@ -32,7 +32,6 @@ pub mod source;
 pub mod spec;
 pub mod stage_state;
 pub mod state;
-pub mod tls;
 pub mod wslock;
 
 use cli::{Cli, Command};

@@ -27,7 +27,6 @@ fn clap_color() -> clap::ColorChoice {
 }
 
 fn main() {
-    pipe::tls::install_crypto_provider();
     let matches = pipe::cli::Cli::command().color(clap_color()).get_matches();
     let cli = pipe::cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let default = match cli.verbose {

@@ -1,33 +1,55 @@
 //! The remote cache: push and pull objects, trees and run-cache entries to S3 (or any
-//! S3-compatible server) or a shared folder (`file://`), through the `object_store` crate.
+//! S3-compatible server: `s3.rs`) or a shared folder (`file://`: `folder.rs`).
 //!
 //! Keys mirror the local cache: `objects/ab/<digest>`, `trees/<digest>.json`,
-//! `runs/<fingerprint>.json`. Uploads are create-only (`PutMode::Create`), so a writer
-//! never replaces what another wrote; every download is verified with blake3 before use,
-//! and a run-cache entry is trusted only as far as its objects verify. A run entry is
-//! uploaded after its objects, so a remote entry never points at objects not yet there.
+//! `runs/<fingerprint>.json`, release manifests under `releases/`. Uploads are create-only
+//! (`If-None-Match: *`, a hard link in a folder), so a writer never replaces what another
+//! wrote; every download is verified with blake3 before use, and a run-cache entry is
+//! trusted only as far as its objects verify. A run entry is uploaded after its objects, so a
+//! remote entry never points at objects not yet there.
+//!
+//! Everything is synchronous: `jobs` threads share one [`Store`] (for S3, one HTTP agent
+//! and its pool of connections).
+
+mod folder;
+mod s3;
 
 use crate::cache::{Cache, CachedOut, Digest, RunEntry, Tree};
-use crate::error::failed;
 use crate::spec::RawRemote;
 use anyhow::{Context, Result, anyhow, bail};
-use futures::StreamExt;
-use object_store::path::Path as Key;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Objects bigger than this are uploaded in parts.
 const MULTIPART: u64 = 64 << 20;
 
+/// Where the remote's files live: the few operations pipe needs, with keys relative to the
+/// bucket (S3) or the folder (`file://`). Errors are already worded for the user
+/// ([`explain`]), with the remote's url.
+trait Store: Send + Sync {
+    /// A reader of the file at `key`; `None` when there is none.
+    fn get(&self, key: &str) -> Result<Option<Box<dyn Read + Send + '_>>>;
+    /// Whether there is a file at `key`.
+    fn head(&self, key: &str) -> Result<bool>;
+    /// Create-only upload of the local file `local` (`size` bytes): `Ok(false)` when `key`
+    /// already existed, which is then left as it was.
+    fn put_create(&self, key: &str, local: &Path, size: u64) -> Result<bool>;
+    /// Upload of a big local file in parts. On S3 this is not create-only (the caller looks
+    /// with `head` first; keys are content-addressed, so a racing writer writes the same
+    /// bytes).
+    fn put_multipart(&self, key: &str, local: &Path, size: u64) -> Result<()>;
+    /// The names of the files directly in the folder `dir` (not in its sub-folders), sorted;
+    /// empty when there are none.
+    fn list(&self, dir: &str) -> Result<Vec<String>>;
+}
+
 pub struct Remote {
     url: String,
-    store: Arc<dyn ObjectStore>,
+    store: Box<dyn Store>,
     prefix: String,
-    rt: tokio::runtime::Runtime,
 }
 
 /// Counts of one transfer.
@@ -76,18 +98,15 @@ enum Item {
     Tree(Digest),
 }
 
-fn explain(url: &str, e: &object_store::Error) -> String {
-    let text = e.to_string();
+/// `remote cache <url>: <what went wrong>`, with a hint for the two usual causes.
+fn explain(url: &str, text: &str) -> String {
     let hint = if text.contains("403")
         || text.contains("SignatureDoesNotMatch")
         || text.contains("InvalidAccessKeyId")
         || text.contains("AccessDenied")
     {
         " (access denied: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
-    } else if text.contains("onnect")
-        || text.contains("timed out")
-        || text.contains("error sending request")
-    {
+    } else if text.contains("onnect") || text.contains("timed out") || text.contains("timeout") {
         " (cannot reach the server: is it running, and is `endpoint` right?)"
     } else {
         ""
@@ -98,12 +117,7 @@ fn explain(url: &str, e: &object_store::Error) -> String {
 impl Remote {
     pub fn open(cfg: &RawRemote, root: &Path) -> Result<Remote> {
         let url = cfg.url.clone();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime for the remote cache")?;
-        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) =
+        let (store, prefix): (Box<dyn Store>, String) = if let Some(rest) =
             url.strip_prefix("s3://")
         {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -112,39 +126,11 @@ impl Remote {
                     "[remote] url `{url}` names no bucket (expected s3://bucket/prefix)"
                 )));
             }
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(RetryConfig {
-                    max_retries: 2,
-                    retry_timeout: Duration::from_secs(20),
-                    ..Default::default()
-                })
-                .with_client_options(
-                    object_store::ClientOptions::new()
-                        .with_connect_timeout(Duration::from_secs(5))
-                        .with_timeout(Duration::from_secs(600))
-                        .with_allow_http(
-                            cfg.allow_http.unwrap_or(
-                                cfg.endpoint
-                                    .as_deref()
-                                    .is_some_and(|e| e.starts_with("http://")),
-                            ),
-                        ),
-                );
-            if let Some(ep) = &cfg.endpoint {
-                b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
-            }
-            if let Some(r) = &cfg.region {
-                b = b.with_region(r);
-            } else if std::env::var_os("AWS_REGION").is_none()
-                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-            {
-                b = b.with_region("us-east-1");
-            }
-            let store = b
-                .build()
-                .map_err(|e| failed(format!("remote cache {url}: {e}")))?;
-            (Arc::new(store), prefix.trim_matches('/').to_string())
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let store = s3::S3Store::open(&url, bucket, cfg, &env)?;
+            // Empty parts dropped, as object_store did: `a//b/` is the prefix `a/b`.
+            let prefix: Vec<&str> = prefix.split('/').filter(|p| !p.is_empty()).collect();
+            (Box::new(store), prefix.join("/"))
         } else if let Some(rest) = url.strip_prefix("file://") {
             let path = if Path::new(rest).is_absolute() {
                 PathBuf::from(rest)
@@ -153,27 +139,23 @@ impl Remote {
             };
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create remote cache folder {}", path.display()))?;
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&path)
-                .map_err(|e| failed(format!("remote cache {url}: {e}")))?;
-            (Arc::new(store), String::new())
+            (
+                Box::new(folder::FolderStore::new(&url, path)),
+                String::new(),
+            )
         } else {
             return Err(crate::error::invalid(format!(
                 "[remote] url `{url}`: expected s3://bucket/prefix or file:///path"
             )));
         };
-        Ok(Remote {
-            url,
-            store,
-            prefix,
-            rt,
-        })
+        Ok(Remote { url, store, prefix })
     }
 
-    fn key(&self, rel: &str) -> Key {
+    fn key(&self, rel: &str) -> String {
         if self.prefix.is_empty() {
-            Key::from(rel)
+            rel.to_string()
         } else {
-            Key::from(format!("{}/{rel}", self.prefix))
+            format!("{}/{rel}", self.prefix)
         }
     }
 
@@ -181,28 +163,30 @@ impl Remote {
         format!("objects/{}/{}", &digest[..2], &digest[2..])
     }
 
-    /// Fetch a remote object's bytes; `None` when it is not there.
-    async fn get(&self, rel: &str) -> Result<Option<bytes::Bytes>> {
-        match self.store.get(&self.key(rel)).await {
-            Ok(r) => Ok(Some(
-                r.bytes()
-                    .await
-                    .map_err(|e| anyhow!(explain(&self.url, &e)))?,
-            )),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(anyhow!(explain(&self.url, &e))),
-        }
+    /// A read error in the middle of a download, worded like the store's own errors.
+    fn read_error(&self, key: &str, e: std::io::Error) -> anyhow::Error {
+        anyhow!(explain(&self.url, &format!("cannot read {key}: {e}")))
+    }
+
+    /// Fetch a remote file's bytes; `None` when it is not there.
+    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.key(rel);
+        let Some(mut r) = self.store.get(&key)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        r.read_to_end(&mut bytes)
+            .map_err(|e| self.read_error(&key, e))?;
+        Ok(Some(bytes))
     }
 
     /// Stream an object into the local cache, hashing on the way; it enters the cache only
     /// if its bytes match its name. `None` when the remote lacks it.
-    async fn download_object(&self, cache: &Cache, digest: &Digest) -> Result<Option<u64>> {
+    fn download_object(&self, cache: &Cache, digest: &Digest) -> Result<Option<u64>> {
         use std::io::Write;
-        let rel = Self::object_key(digest);
-        let result = match self.store.get(&self.key(&rel)).await {
-            Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(anyhow!(explain(&self.url, &e))),
+        let key = self.key(&Self::object_key(digest));
+        let Some(mut reader) = self.store.get(&key)? else {
+            return Ok(None);
         };
         let dest = cache.object_path(digest);
         let dir = dest.parent().unwrap_or(&cache.dir).to_path_buf();
@@ -215,12 +199,17 @@ impl Remote {
             .with_context(|| format!("cannot create a temporary file in {}", tmp_dir.display()))?;
         let mut hasher = blake3::Hasher::new();
         let mut n = 0u64;
-        let mut stream = result.into_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| anyhow!(explain(&self.url, &e)))?;
-            hasher.update(&chunk);
-            n += chunk.len() as u64;
-            tmp.write_all(&chunk)
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let got = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.read_error(&key, e)),
+            };
+            hasher.update(&buf[..got]);
+            n += got as u64;
+            tmp.write_all(&buf[..got])
                 .with_context(|| format!("cannot write into {}", dir.display()))?;
         }
         if hasher.finalize().to_hex().as_str() != digest.as_str() {
@@ -243,68 +232,27 @@ impl Remote {
         Ok(Some(n))
     }
 
-    async fn exists(&self, rel: &str) -> Result<bool> {
-        match self.store.head(&self.key(rel)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(anyhow!(explain(&self.url, &e))),
-        }
-    }
-
     /// Create-only upload of a local file; `Ok(false)` when the key already existed.
-    async fn put_file(&self, rel: &str, local: &Path) -> Result<(bool, u64)> {
+    fn put_file(&self, rel: &str, local: &Path) -> Result<(bool, u64)> {
         let size = std::fs::metadata(local)
             .with_context(|| format!("cannot read {}", local.display()))?
             .len();
-        // Small objects go straight to a create-only PUT (the server refuses an existing key);
-        // only big ones are looked up first, so they are not uploaded in vain.
-        if size > MULTIPART && self.exists(rel).await? {
-            return Ok((false, 0));
-        }
         let key = self.key(rel);
         if size > MULTIPART {
-            // Multipart uploads cannot be create-only; the key was checked just above and
-            // objects are content-addressed, so a racing writer can only write the same bytes.
-            let upload = self
-                .store
-                .put_multipart(&key)
-                .await
-                .map_err(|e| anyhow!(explain(&self.url, &e)))?;
-            let mut w = object_store::WriteMultipart::new(upload);
-            let mut f = std::fs::File::open(local)
-                .with_context(|| format!("cannot read {}", local.display()))?;
-            let mut buf = vec![0u8; 8 << 20];
-            loop {
-                let n = std::io::Read::read(&mut f, &mut buf)
-                    .with_context(|| format!("cannot read {}", local.display()))?;
-                if n == 0 {
-                    break;
-                }
-                w.wait_for_capacity(4)
-                    .await
-                    .map_err(|e| anyhow!(explain(&self.url, &e)))?;
-                w.write(&buf[..n]);
+            // Multipart uploads cannot be create-only: look first, so a big object is not
+            // uploaded in vain. Objects are content-addressed, so a racing writer can only
+            // write the same bytes.
+            if self.store.head(&key)? {
+                return Ok((false, 0));
             }
-            w.finish()
-                .await
-                .map_err(|e| anyhow!(explain(&self.url, &e)))?;
+            self.store.put_multipart(&key, local, size)?;
             return Ok((true, size));
         }
-        let bytes =
-            std::fs::read(local).with_context(|| format!("cannot read {}", local.display()))?;
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        match self
-            .store
-            .put_opts(&key, PutPayload::from(bytes), opts)
-            .await
-        {
-            Ok(_) => Ok((true, size)),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok((false, 0)),
-            Err(e) => Err(anyhow!(explain(&self.url, &e))),
+        // Small objects go straight to a create-only PUT (the server refuses an existing key).
+        if self.store.put_create(&key, local, size)? {
+            Ok((true, size))
+        } else {
+            Ok((false, 0))
         }
     }
 
@@ -381,59 +329,63 @@ impl Remote {
         let sent = AtomicUsize::new(0);
         let skipped = AtomicUsize::new(0);
         let bytes = AtomicU64::new(0);
-        self.rt.block_on(async {
-            let results: Vec<Result<()>> = futures::stream::iter(items.iter())
-                .map(|item| async {
-                    let (rel, local) = match item {
-                        Item::Object(d) => (Self::object_key(d), cache.object_path(d)),
-                        Item::Tree(d) => (format!("trees/{d}.json"), cache.tree_path(d)),
-                    };
-                    let (was_sent, n) = self.put_file(&rel, &local).await?;
-                    let size = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
-                    if let Some(b) = &bar {
-                        b.inc(size);
-                    }
-                    if was_sent {
-                        sent.fetch_add(1, Ordering::Relaxed);
-                        bytes.fetch_add(n, Ordering::Relaxed);
-                    } else {
-                        skipped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(())
-                })
-                .buffer_unordered(jobs.max(1))
-                .collect()
-                .await;
-            results.into_iter().collect::<Result<Vec<()>>>()?;
-            // Entries last: a remote entry must never point at objects not yet uploaded.
-            for e in &entries {
-                let (was_sent, n) = self
-                    .put_file(
-                        &format!("runs/{}.json", e.fingerprint),
-                        &cache.run_path(&e.fingerprint.parse::<Digest>().map_err(|e| anyhow!(e))?),
-                    )
-                    .await?;
+        let items: Vec<Item> = items.into_iter().collect();
+        let send = || {
+            parallel(&items, jobs, |item| {
+                let (rel, local) = match item {
+                    Item::Object(d) => (Self::object_key(d), cache.object_path(d)),
+                    Item::Tree(d) => (format!("trees/{d}.json"), cache.tree_path(d)),
+                };
+                let (was_sent, n) = self.put_file(&rel, &local)?;
+                let size = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
+                if let Some(b) = &bar {
+                    b.inc(size);
+                }
                 if was_sent {
                     sent.fetch_add(1, Ordering::Relaxed);
                     bytes.fetch_add(n, Ordering::Relaxed);
                 } else {
                     skipped.fetch_add(1, Ordering::Relaxed);
                 }
+                Ok(())
+            })?;
+            // Entries and release manifests last, once every object is there: a remote
+            // entry or manifest must never point at objects not yet uploaded.
+            let mut last = Vec::new();
+            for e in &entries {
+                let digest = e.fingerprint.parse::<Digest>().map_err(|e| anyhow!(e))?;
+                last.push((
+                    format!("runs/{digest}.json"),
+                    cache.run_path(&digest),
+                    false,
+                ));
             }
-            // Release manifests too come after their objects (create-only as well).
             for (rel, path) in &shipped {
-                let (was_sent, _) = self.put_file(rel, path).await?;
-                if was_sent {
-                    released.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    skipped.fetch_add(1, Ordering::Relaxed);
-                }
+                last.push((rel.clone(), path.to_path_buf(), true));
             }
+            parallel(&last, jobs, |(rel, path, release)| {
+                let (was_sent, n) = self.put_file(rel, path)?;
+                match (was_sent, release) {
+                    (true, false) => {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(n, Ordering::Relaxed);
+                    }
+                    (true, true) => {
+                        released.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (false, _) => {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })?;
             Ok::<(), anyhow::Error>(())
-        })?;
+        };
+        let result = send();
         if let Some(b) = bar {
             b.finish_and_clear();
         }
+        result?;
         stats.sent = sent.into_inner();
         stats.skipped = skipped.into_inner();
         stats.bytes = bytes.into_inner();
@@ -449,7 +401,7 @@ impl Remote {
     }
 
     /// Download and verify what a run entry needs; store it in the local cache.
-    async fn fetch_entry(
+    fn fetch_entry(
         &self,
         cache: &Cache,
         fp: &str,
@@ -459,7 +411,7 @@ impl Remote {
             stats.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(e));
         }
-        match self.fetch_entry_checked(cache, fp, stats).await {
+        match self.fetch_entry_checked(cache, fp, stats) {
             Err(e) if e.downcast_ref::<Refused>().is_some() => {
                 // Hostile or damaged content: reported, never used; the stage runs instead.
                 crate::cache::warn_once(
@@ -472,7 +424,7 @@ impl Remote {
         }
     }
 
-    async fn fetch_entry_checked(
+    fn fetch_entry_checked(
         &self,
         cache: &Cache,
         fp: &str,
@@ -485,7 +437,7 @@ impl Remote {
             ))
             .into());
         };
-        let Some(bytes) = self.get(&format!("runs/{digest}.json")).await? else {
+        let Some(bytes) = self.get(&format!("runs/{digest}.json"))? else {
             return Ok(None);
         };
         let entry = RunEntry::parse(&bytes, &digest)
@@ -495,15 +447,14 @@ impl Remote {
             entry.outs.values(),
             &format!("run entry {fp}"),
             stats,
-        )
-        .await?;
+        )?;
         cache.put_run(&entry)?;
         stats.sent.fetch_add(1, Ordering::Relaxed);
         Ok(Some(entry))
     }
 
     /// Download and verify every tree and object `outs` need that the local cache lacks.
-    async fn fetch_outs<'a>(
+    fn fetch_outs<'a>(
         &self,
         cache: &Cache,
         outs: impl IntoIterator<Item = &'a CachedOut>,
@@ -519,7 +470,7 @@ impl Remote {
             let tree: Tree = if cache.tree_path(&o.hash).exists() {
                 cache.read_tree(&o.hash)?
             } else {
-                let Some(b) = self.get(&format!("trees/{}.json", o.hash)).await? else {
+                let Some(b) = self.get(&format!("trees/{}.json", o.hash))? else {
                     bail!("remote cache lacks tree {} of {what}", o.hash)
                 };
                 let t = Tree::parse(&b, &o.hash)
@@ -534,7 +485,7 @@ impl Remote {
             if cache.object_path(&d).exists() {
                 continue;
             }
-            let Some(n) = self.download_object(cache, &d).await? else {
+            let Some(n) = self.download_object(cache, &d)? else {
                 bail!("remote cache lacks object {d} of {what}")
             };
             stats.add(n);
@@ -555,98 +506,91 @@ impl Remote {
         stats: &mut TransferStats,
     ) -> Result<()> {
         let c = TransferCounters::default();
-        let added = self.rt.block_on(async {
-            let list: Vec<_> = self
-                .store
-                .list_with_delimiter(Some(&self.key(prefix)))
-                .await
-                .map(|l| l.objects)
-                .or_else(|e| match e {
-                    object_store::Error::NotFound { .. } => Ok(vec![]),
-                    e => Err(anyhow!(explain(&self.url, &e))),
-                })?;
-            let mut added = 0usize;
-            for m in list {
-                let Some(name) = m.location.filename().map(str::to_string) else {
-                    continue;
-                };
-                if name.contains('/')
-                    || name.contains("..")
-                    || name.starts_with('.')
-                    || !name.ends_with(".json")
-                {
-                    crate::cache::warn_once(
-                        &format!("remote release {name}"),
-                        &format!(
-                            "remote {}: ignoring release manifest `{}` (unsafe name)",
-                            self.url,
-                            name.escape_debug()
-                        ),
-                    );
-                    continue;
-                }
-                let dest = dir.join(&name);
-                let have = std::fs::read(&dest)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<crate::release::ReleaseManifest>(&b).ok());
-                let manifest = match have {
-                    Some(r) => r,
-                    None => {
-                        let Some(bytes) = self.get(&format!("{prefix}/{name}")).await? else {
-                            continue;
-                        };
-                        match serde_json::from_slice::<crate::release::ReleaseManifest>(&bytes) {
-                            Ok(r) => {
-                                let paths_ok = r.artifacts.iter().all(|a| {
-                                    let p = Path::new(&a.path);
-                                    !p.is_absolute()
-                                        && p.components()
-                                            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
-                                });
-                                if !paths_ok {
-                                    crate::cache::warn_once(
-                                        &format!("remote release {name}"),
-                                        &format!("remote {}: ignoring release manifest {name}: an artifact path leads outside the workspace", self.url),
-                                    );
-                                    continue;
-                                }
-                                std::fs::create_dir_all(dir).with_context(|| {
-                                    format!("cannot create {}", dir.display())
-                                })?;
-                                crate::fsutil::atomic_write(&dest, &bytes)?;
-                                added += 1;
-                                r
-                            }
-                            Err(e) => {
+        let names = self.store.list(&self.key(prefix))?;
+        let mut added = 0usize;
+        for name in names {
+            if name.contains('/')
+                || name.contains("..")
+                || name.starts_with('.')
+                || !name.ends_with(".json")
+            {
+                crate::cache::warn_once(
+                    &format!("remote release {name}"),
+                    &format!(
+                        "remote {}: ignoring release manifest `{}` (unsafe name)",
+                        self.url,
+                        name.escape_debug()
+                    ),
+                );
+                continue;
+            }
+            let dest = dir.join(&name);
+            let have = std::fs::read(&dest)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<crate::release::ReleaseManifest>(&b).ok());
+            let manifest = match have {
+                Some(r) => r,
+                None => {
+                    let Some(bytes) = self.get(&format!("{prefix}/{name}"))? else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<crate::release::ReleaseManifest>(&bytes) {
+                        Ok(r) => {
+                            let paths_ok = r.artifacts.iter().all(|a| {
+                                let p = Path::new(&a.path);
+                                !p.is_absolute()
+                                    && p.components().all(|c| {
+                                        matches!(
+                                            c,
+                                            std::path::Component::Normal(_)
+                                                | std::path::Component::CurDir
+                                        )
+                                    })
+                            });
+                            if !paths_ok {
                                 crate::cache::warn_once(
                                     &format!("remote release {name}"),
-                                    &format!("remote {}: ignoring release manifest {name}: {e}", self.url),
+                                    &format!(
+                                        "remote {}: ignoring release manifest {name}: an artifact path leads outside the workspace",
+                                        self.url
+                                    ),
                                 );
                                 continue;
                             }
+                            std::fs::create_dir_all(dir)
+                                .with_context(|| format!("cannot create {}", dir.display()))?;
+                            crate::fsutil::atomic_write(&dest, &bytes)?;
+                            added += 1;
+                            r
+                        }
+                        Err(e) => {
+                            crate::cache::warn_once(
+                                &format!("remote release {name}"),
+                                &format!(
+                                    "remote {}: ignoring release manifest {name}: {e}",
+                                    self.url
+                                ),
+                            );
+                            continue;
                         }
                     }
-                };
-                let outs: Vec<&CachedOut> = manifest.artifacts.iter().map(|a| &a.out).collect();
-                if outs.iter().all(|o| cache.has_out(o)) {
-                    continue;
                 }
-                match self
-                    .fetch_outs(cache, outs, &format!("release {name}"), &c)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if e.downcast_ref::<Refused>().is_some() => {
-                        crate::cache::warn_once(
-                            &format!("remote release objects {name}"),
-                            &format!("{e}; release {name} cannot be rolled back to from here"),
-                        );
-                    }
-                    Err(e) => return Err(e),
-                }
+            };
+            let outs: Vec<&CachedOut> = manifest.artifacts.iter().map(|a| &a.out).collect();
+            if outs.iter().all(|o| cache.has_out(o)) {
+                continue;
             }
-            Ok::<usize, anyhow::Error>(added)
-        })?;
+            match self.fetch_outs(cache, outs, &format!("release {name}"), &c) {
+                Ok(()) => {}
+                Err(e) if e.downcast_ref::<Refused>().is_some() => {
+                    crate::cache::warn_once(
+                        &format!("remote release objects {name}"),
+                        &format!("{e}; release {name} cannot be rolled back to from here"),
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
         stats.releases += added;
         stats.bytes += c.bytes.into_inner();
         Ok(())
@@ -655,7 +599,7 @@ impl Remote {
     /// `build --pull`: fetch the entry for one fingerprint if the remote has it.
     pub fn fetch_run(&self, cache: &Cache, fp: &str) -> Result<Option<RunEntry>> {
         let c = TransferCounters::default();
-        self.rt.block_on(self.fetch_entry(cache, fp, &c))
+        self.fetch_entry(cache, fp, &c)
     }
 
     /// Download the entries for `fps` (every remote entry when `None`) and their objects.
@@ -667,46 +611,29 @@ impl Remote {
         bar: Option<indicatif::ProgressBar>,
     ) -> Result<TransferStats> {
         let c = TransferCounters::default();
-        let result = self.rt.block_on(async {
+        let fetch = || {
             let fps: Vec<String> = match fps {
                 Some(f) => f.clone(),
-                None => {
-                    let prefix = self.key("runs");
-                    let list: Vec<_> = self.store.list(Some(&prefix)).collect().await;
-                    let mut out = Vec::new();
-                    for m in list {
-                        let m = m.map_err(|e| anyhow!(explain(&self.url, &e)))?;
-                        if let Some(fp) =
-                            m.location.filename().and_then(|n| n.strip_suffix(".json"))
-                        {
-                            out.push(fp.to_string());
-                        }
-                    }
-                    out
-                }
+                None => self
+                    .store
+                    .list(&self.key("runs"))?
+                    .into_iter()
+                    .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+                    .collect(),
             };
             if let Some(b) = &bar {
                 b.set_length(fps.len() as u64);
             }
-            let results: Vec<Result<bool>> = futures::stream::iter(fps.iter())
-                .map(|fp| async {
-                    let r = self.fetch_entry(cache, fp, &c).await.map(|e| e.is_some());
-                    if let Some(b) = &bar {
-                        b.inc(1);
-                    }
-                    r
-                })
-                .buffer_unordered(jobs.max(1))
-                .collect()
-                .await;
-            let mut missing = 0;
-            for r in results {
-                if !r? {
-                    missing += 1;
+            let found = parallel(&fps, jobs, |fp| {
+                let r = self.fetch_entry(cache, fp, &c).map(|e| e.is_some());
+                if let Some(b) = &bar {
+                    b.inc(1);
                 }
-            }
-            Ok::<usize, anyhow::Error>(missing)
-        });
+                r
+            })?;
+            Ok::<usize, anyhow::Error>(found.into_iter().filter(|f| !f).count())
+        };
+        let result = fetch();
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -743,5 +670,82 @@ struct TransferCounters {
 impl TransferCounters {
     fn add(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Run `f` on every item on up to `jobs` threads; the results in the items' order. After a
+/// failure no new item is started, and the first failure (in the items' order) is returned.
+fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let slots: Vec<Mutex<Option<Result<R>>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    if r.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(items.len());
+    // Items never started (after a failure) have no result; the failure comes first or later.
+    for slot in slots {
+        if let Some(r) = slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            out.push(r?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_keeps_the_order_and_stops_after_a_failure() {
+        let items: Vec<u32> = (0..100).collect();
+        let doubled = parallel(&items, 8, |i| Ok(i * 2)).unwrap();
+        assert_eq!(doubled, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert!(parallel(&[] as &[u32], 8, |i| Ok(*i)).unwrap().is_empty());
+        let started = AtomicUsize::new(0);
+        let r = parallel(&items, 2, |i| {
+            started.fetch_add(1, Ordering::Relaxed);
+            if *i >= 10 {
+                bail!("item {i} failed")
+            }
+            Ok(())
+        });
+        assert_eq!(r.unwrap_err().to_string(), "item 10 failed");
+        assert!(
+            started.into_inner() < 20,
+            "items kept starting after the failure"
+        );
+    }
+
+    #[test]
+    fn hints_name_the_two_usual_causes() {
+        assert!(explain("s3://b", "GET k: HTTP 403 Forbidden").ends_with("AWS_SECRET_ACCESS_KEY)"));
+        assert!(
+            explain(
+                "s3://b",
+                "x: connection to h failed: io: Connection refused"
+            )
+            .ends_with("is `endpoint` right?)")
+        );
+        assert_eq!(
+            explain("s3://b", "HTTP 500"),
+            "remote cache s3://b: HTTP 500"
+        );
     }
 }
