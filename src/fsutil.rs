@@ -661,18 +661,20 @@ struct Memo {
     parents: std::collections::HashSet<std::ffi::OsString>,
 }
 
-#[derive(Clone)]
-enum Seen {
-    /// Not there (`ENOENT`).
-    Missing,
-    /// `lstat` found a symlink: only `symlink_metadata` is answered.
-    Link(std::fs::Metadata),
-    /// Not a symlink: `stat` and `lstat` agree.
-    Plain(std::fs::Metadata),
+/// What was seen of one path: its `lstat` and its `stat`, each once asked (`None` inside:
+/// not there). A path that `lstat` shows is no symlink has both answered by one call.
+#[derive(Clone, Default)]
+struct Seen {
+    lstat: Option<Option<std::fs::Metadata>>,
+    stat: Option<Option<std::fs::Metadata>>,
 }
 
 fn not_found() -> std::io::Error {
     std::io::Error::from(std::io::ErrorKind::NotFound)
+}
+
+fn answer(seen: Option<std::fs::Metadata>) -> std::io::Result<std::fs::Metadata> {
+    seen.ok_or_else(not_found)
 }
 
 impl StatMemo {
@@ -694,57 +696,38 @@ impl StatMemo {
 
     /// `std::fs::metadata` (follows symlinks), remembered.
     pub fn metadata(&self, path: &Path) -> std::io::Result<std::fs::Metadata> {
-        match self.get(path) {
-            Some(Seen::Plain(m)) => return Ok(m),
-            Some(Seen::Missing) => return Err(not_found()),
-            _ => {}
+        let mut seen = self.get(path).unwrap_or_default();
+        if let Some(s) = seen.stat {
+            return answer(s);
         }
-        match std::fs::metadata(path) {
-            Ok(m) => {
-                if !self.is_link(path) {
-                    self.put(path, Seen::Plain(m.clone()));
-                }
-                Ok(m)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // A dangling symlink is not remembered as missing: `lstat` would see it.
-                if !self.is_link(path) {
-                    self.put(path, Seen::Missing);
-                }
-                Err(e)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Whether an earlier `lstat` saw a symlink at `path`.
-    fn is_link(&self, path: &Path) -> bool {
-        matches!(self.get(path), Some(Seen::Link(_)))
+        let now = match std::fs::metadata(path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        seen.stat = Some(now.clone());
+        self.put(path, seen);
+        answer(now)
     }
 
     /// `std::fs::symlink_metadata` (does not follow), remembered.
     pub fn symlink_metadata(&self, path: &Path) -> std::io::Result<std::fs::Metadata> {
-        match self.get(path) {
-            Some(Seen::Plain(m) | Seen::Link(m)) => return Ok(m),
-            Some(Seen::Missing) => return Err(not_found()),
-            None => {}
+        let mut seen = self.get(path).unwrap_or_default();
+        if let Some(s) = seen.lstat {
+            return answer(s);
         }
-        match std::fs::symlink_metadata(path) {
-            Ok(m) => {
-                let seen = if m.file_type().is_symlink() {
-                    Seen::Link(m.clone())
-                } else {
-                    Seen::Plain(m.clone())
-                };
-                self.put(path, seen);
-                Ok(m)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.put(path, Seen::Missing);
-                Err(e)
-            }
-            Err(e) => Err(e),
+        let now = match std::fs::symlink_metadata(path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        // Not a symlink (or not there): following it would see the same.
+        if !now.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
+            seen.stat = Some(now.clone());
         }
+        seen.lstat = Some(now.clone());
+        self.put(path, seen);
+        answer(now)
     }
 
     /// Forget `path`, everything under it and the folders above it (a stage is about to
@@ -834,5 +817,14 @@ mod stat_memo_tests {
         assert!(memo.symlink_metadata(&l).unwrap().file_type().is_symlink());
         let m = memo.metadata(&l).unwrap();
         assert!(m.is_file() && m.len() == 3);
+        // Asked the other way round: a followed stat never passes for the link's own.
+        let memo = StatMemo::default();
+        assert!(memo.metadata(&l).unwrap().is_file());
+        assert!(memo.symlink_metadata(&l).unwrap().file_type().is_symlink());
+        // A dangling link: missing when followed, there when not.
+        std::fs::remove_file(&t).unwrap();
+        let memo = StatMemo::default();
+        assert!(memo.metadata(&l).is_err());
+        assert!(memo.symlink_metadata(&l).is_ok());
     }
 }

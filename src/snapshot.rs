@@ -12,14 +12,23 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
-/// The first line of a snapshot: its format and the pipe that wrote it (another build of
-/// pipe may parse the same text into other types).
-fn magic() -> String {
-    format!(
-        "pipe-snapshot 1 {} {}",
-        env!("CARGO_PKG_VERSION"),
-        env!("PIPE_GIT_COMMIT")
-    )
+/// The first line of a snapshot: its format and the pipe binary that wrote it (another
+/// build of pipe may parse the same text into other types; a development build is told
+/// apart from the last one by its executable's size and modification time).
+fn magic() -> &'static str {
+    static MAGIC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MAGIC.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        let exe = std::env::current_exe()
+            .and_then(std::fs::metadata)
+            .map(|m| format!("{}.{}.{}", m.size(), m.mtime(), m.mtime_nsec()))
+            .unwrap_or_default();
+        format!(
+            "pipe-snapshot 1 {} {} {exe}",
+            env!("CARGO_PKG_VERSION"),
+            env!("PIPE_GIT_COMMIT")
+        )
+    })
 }
 
 /// The key of `bytes`: what a snapshot of their parse is named by.

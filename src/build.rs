@@ -14,7 +14,7 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/build.rs");
     println!("cargo:rerun-if-env-changed=PIPE_GIT_COMMIT");
     let commit = std::env::var("PIPE_GIT_COMMIT")
         .ok()
