@@ -452,10 +452,6 @@ impl Layout {
     pub fn lock_snapshot(&self) -> PathBuf {
         self.state().join("lock.json")
     }
-    /// Load the lock (through its snapshot).
-    pub fn load_lock(&self) -> anyhow::Result<crate::lockfile::LockFile> {
-        crate::lockfile::LockFile::load_cached(&self.lockfile(), &self.lock_snapshot())
-    }
     pub fn stat_cache(&self) -> PathBuf {
         self.state().join("stat.bin")
     }

@@ -65,6 +65,11 @@ impl LockFile {
         Self::parse(&text).map_err(|e| crate::error::invalid(format!("{display}:{e}")))
     }
 
+    /// The lock of a workspace layout, through its snapshot.
+    pub fn load_for(layout: &crate::fsutil::Layout) -> Result<LockFile> {
+        Self::load_cached(&layout.lockfile(), &layout.lock_snapshot())
+    }
+
     /// [`load`](Self::load) through a snapshot ([`crate::snapshot`]): parsing a 1,000-stage
     /// lock as TOML was most of a no-op `pipe status`.
     pub fn load_cached(path: &Path, snapshot: &Path) -> Result<LockFile> {

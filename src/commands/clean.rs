@@ -27,7 +27,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &CleanArgs) -> Result<i32> {
             |m| rep.waiting(m),
         )?)
     };
-    let mut lock = p.layout.load_lock()?;
+    let mut lock = crate::lockfile::LockFile::load_for(&p.layout)?;
     let verb = if a.dry_run { "Would remove" } else { "Removed" };
     let (mut outs, mut entries) = (0, 0);
     for &i in &p.order {

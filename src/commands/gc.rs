@@ -86,9 +86,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
             rep.waiting(m)
         })?)
     };
-    let lock = p
-        .layout
-        .load_lock()
+    let lock = crate::lockfile::LockFile::load_for(&p.layout)
         .map_err(|e| failed(format!("refusing to gc: cannot read Pipeline.lock: {e:#}")))?;
     let mut keep = Keep::default();
     let mut fingerprints: Vec<String> = Vec::new();

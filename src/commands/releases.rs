@@ -144,7 +144,7 @@ pub fn rollback(ctx: &Ctx, rep: &Reporter, a: &RollbackArgs) -> Result<i32> {
     let _ = stat.save(&p.layout.stat_cache());
     // The rollback sticks: the release moved away from is not released again, and the one
     // put back is current.
-    let lock = p.layout.load_lock()?;
+    let lock = crate::lockfile::LockFile::load_for(&p.layout)?;
     let mut state = ReleaseState::load(&p.layout.state());
     for r in &chosen {
         // The release moved away from: the stage's current one (in a fresh clone that

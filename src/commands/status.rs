@@ -41,7 +41,7 @@ pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>,
         ..Default::default()
     })?;
     let stat = StatCache::load(&p.layout.stat_cache());
-    let lock = p.layout.load_lock()?;
+    let lock = crate::lockfile::LockFile::load_for(&p.layout)?;
     let cache = Cache::new(&p.layout.cache);
     let planner = Planner {
         hasher: Hasher::new(&p.root, &stat).with_memo(&p.stats),

@@ -20,7 +20,7 @@ fn open(ctx: &Ctx) -> Result<(crate::graph::Pipeline, Remote, Cache, Vec<String>
     };
     let remote = Remote::open(cfg, &p.root)?;
     let cache = Cache::new(&p.layout.cache);
-    let lock = p.layout.load_lock()?;
+    let lock = crate::lockfile::LockFile::load_for(&p.layout)?;
     let fps = lock
         .stages
         .values()

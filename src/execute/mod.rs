@@ -86,7 +86,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
     let stat = StatCache::load(&p.layout.stat_cache());
     let cache = Cache::new(&p.layout.cache);
     if opts.dry_run {
-        let lock = p.layout.load_lock()?;
+        let lock = crate::lockfile::LockFile::load_for(&p.layout)?;
         let planner = Planner {
             hasher: Hasher::new(&p.root, &stat).with_memo(&p.stats),
             cache: &cache,
@@ -139,7 +139,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         rep.waiting(m)
     })?;
     // Read the lock now that we hold the workspace: a build we waited for may have changed it.
-    let lock = p.layout.load_lock()?;
+    let lock = crate::lockfile::LockFile::load_for(&p.layout)?;
     let incomplete = markers::incomplete(p);
     if stop_leftovers(p, &incomplete, rep) || waited {
         // Another build, or what a dead one left running, may have written the workspace
