@@ -51,51 +51,34 @@ struct Raw {
 }
 
 impl LockFile {
-    pub fn load(path: &Path) -> Result<LockFile> {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let display = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
-        let text = crate::source::utf8(&display, bytes).map_err(crate::error::invalid)?;
-        Self::parse(&text).map_err(|e| crate::error::invalid(format!("{display}:{e}")))
-    }
-
     /// The lock of a workspace layout, through its snapshot.
     pub fn load_for(layout: &crate::fsutil::Layout) -> Result<LockFile> {
         Self::load_cached(&layout.lockfile(), &layout.lock_snapshot())
     }
 
-    /// [`load`](Self::load) through a snapshot ([`crate::snapshot`]): parsing a 1,000-stage
-    /// lock as TOML was most of a no-op `pipe status`.
+    /// Read and parse the lock at `path` (none there: an empty lock), through a snapshot
+    /// ([`crate::snapshot`]): parsing a 1,000-stage lock as TOML was most of a no-op
+    /// `pipe status`.
     pub fn load_cached(path: &Path, snapshot: &Path) -> Result<LockFile> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let key = crate::snapshot::key(&bytes);
-        if let Some(lf) = crate::snapshot::read(snapshot, &key) {
-            return Ok(lf);
-        }
-        let display = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
-        let text = crate::source::utf8(&display, bytes).map_err(crate::error::invalid)?;
-        let lf = Self::parse(&text).map_err(|e| crate::error::invalid(format!("{display}:{e}")))?;
-        let exact = lf
-            .stages
-            .values()
-            .all(|e| e.params.values().all(crate::snapshot::json_exact));
-        if exact {
-            crate::snapshot::write(snapshot, &key, &lf);
-        }
-        Ok(lf)
+        let parse = || {
+            let display = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string());
+            let text =
+                crate::source::utf8(&display, bytes.clone()).map_err(crate::error::invalid)?;
+            Self::parse(&text).map_err(|e| crate::error::invalid(format!("{display}:{e}")))
+        };
+        crate::snapshot::cached(snapshot, &bytes, parse, |lf: &LockFile| {
+            lf.stages
+                .values()
+                .all(|e| e.params.values().all(crate::snapshot::json_exact))
+        })
     }
 
     /// Parse the lock's text. An error starts with `LINE:COL: ` (or `LINE: `) so the

@@ -64,6 +64,26 @@ pub fn write<T: Serialize>(path: &Path, key: &blake3::Hash, value: &T) {
     }
 }
 
+/// `parse` of `bytes` through the snapshot at `path`: the snapshot's value when it was made
+/// from these bytes, else `parse()`'s, kept for next time when `exact` says JSON carries it
+/// exactly. A parse error is returned as it is (and nothing is kept).
+pub fn cached<T: Serialize + DeserializeOwned, E>(
+    path: &Path,
+    bytes: &[u8],
+    parse: impl FnOnce() -> Result<T, E>,
+    exact: impl FnOnce(&T) -> bool,
+) -> Result<T, E> {
+    let k = key(bytes);
+    if let Some(v) = read(path, &k) {
+        return Ok(v);
+    }
+    let v = parse()?;
+    if exact(&v) {
+        write(path, &k, &v);
+    }
+    Ok(v)
+}
+
 /// Whether a TOML value comes back from JSON exactly as it went in.
 pub fn json_exact(v: &toml::Value) -> bool {
     match v {

@@ -241,15 +241,12 @@ pub fn parse(text: &str) -> Result<RawPipeline, toml::de::Error> {
 
 /// [`parse`] through a snapshot of the parse in `snapshot` ([`crate::snapshot`]).
 pub fn parse_cached(text: &str, snapshot: &Path) -> Result<RawPipeline, toml::de::Error> {
-    let key = crate::snapshot::key(text.as_bytes());
-    if let Some(raw) = crate::snapshot::read(snapshot, &key) {
-        return Ok(raw);
-    }
-    let raw = parse(text)?;
-    if raw.json_exact() {
-        crate::snapshot::write(snapshot, &key, &raw);
-    }
-    Ok(raw)
+    crate::snapshot::cached(
+        snapshot,
+        text.as_bytes(),
+        || parse(text),
+        |raw: &RawPipeline| raw.json_exact(),
+    )
 }
 
 impl RawPipeline {
