@@ -49,8 +49,14 @@ pub fn read<T: DeserializeOwned>(path: &Path, key: &blake3::Hash) -> Option<T> {
 }
 
 /// Keep `value` as the parse of the bytes whose key is `key` (best effort: a snapshot that
-/// cannot be written only costs the next command a parse).
+/// cannot be written only costs the next command a parse). Only where pipe already keeps
+/// state (the folder above `state/`, e.g. `.pipe/`, exists): `pipe validate` in a fresh
+/// checkout writes nothing.
 pub fn write<T: Serialize>(path: &Path, key: &blake3::Hash, value: &T) {
+    let dot = path.parent().and_then(Path::parent);
+    if !dot.is_some_and(Path::is_dir) {
+        return;
+    }
     let Ok(json) = serde_json::to_vec(value) else {
         return;
     };
@@ -104,6 +110,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/x.json");
         let k = key(b"text one");
+        // Nowhere pipe keeps state yet: nothing is written.
+        let elsewhere = dir.path().join("nothing/state/x.json");
+        write(&elsewhere, &k, &vec![1.0f64]);
+        assert!(!dir.path().join("nothing").exists());
         write(&path, &k, &vec![1.5f64, 0.1 + 0.2]);
         assert_eq!(read::<Vec<f64>>(&path, &k), Some(vec![1.5, 0.1 + 0.2]));
         assert_eq!(read::<Vec<f64>>(&path, &key(b"text two")), None);

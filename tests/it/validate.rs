@@ -513,3 +513,25 @@ fn an_unknown_param_points_at_its_placeholder_and_a_twice_defined_stage_is_named
         .code(2)
         .err_has("Pipeline.toml:8:1: stage `a`: stage `a` is defined twice");
 }
+
+#[test]
+fn validate_in_a_fresh_checkout_writes_nothing_and_status_keeps_its_snapshots_in_pipe() {
+    let ws = Ws::new("[stages.a]\ncmd = \"echo hi > a.txt\"\nouts = [\"a.txt\"]\n");
+    ws.pipe(&["validate"]).ok();
+    assert!(!ws.exists(".pipe"), "validate made .pipe/");
+    ws.pipe(&["build"]).ok();
+    // Once pipe keeps state here, the parsed pipeline and lock are kept beside it, and an
+    // edit to either is seen (the snapshot is named by the bytes it was made from).
+    ws.pipe(&["status"]).ok();
+    assert!(ws.exists(".pipe/state/pipeline.json") && ws.exists(".pipe/state/lock.json"));
+    ws.write(
+        "Pipeline.toml",
+        "[stages.a]\ncmd = \"echo ho > a.txt\"\nouts = [\"a.txt\"]\n",
+    );
+    ws.pipe(&["status"]).code(1).out_has("command changed");
+    ws.pipe(&["build"]).ok();
+    ws.pipe(&["status"]).ok();
+    let lock = ws.read("Pipeline.lock").replace("echo ho", "echo hu");
+    ws.write("Pipeline.lock", &lock);
+    ws.pipe(&["status"]).code(1).out_has("command changed");
+}
