@@ -279,20 +279,13 @@ impl Cache {
     /// the file system allows, else a copy: never a hard link, so editing the workspace
     /// file can never change the object.
     pub fn store_file(&self, src: &Path, digest: &Digest) -> Result<()> {
-        match self.store_file_once(src, digest) {
-            // A cache folder made earlier in this process was removed since (a `gc` of a
-            // shared cache): make it again.
-            Err(e) if crate::fsutil::is_not_found(&e) && src.exists() => {
-                let parent = self.object_path(digest);
-                let parent = parent.parent().unwrap_or(&self.dir);
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
-                std::fs::create_dir_all(self.tmp_dir())
-                    .with_context(|| format!("cannot create {}", self.tmp_dir().display()))?;
-                self.store_file_once(src, digest)
-            }
-            r => r,
-        }
+        // A cache folder made earlier in this process may have been removed since (a `gc`
+        // of a shared cache).
+        let dest = self.object_path(digest);
+        let parent = dest.parent().unwrap_or(&self.dir);
+        crate::fsutil::remaking_dirs(&[parent, &self.tmp_dir()], || {
+            self.store_file_once(src, digest)
+        })
     }
 
     fn store_file_once(&self, src: &Path, digest: &Digest) -> Result<()> {
@@ -908,6 +901,21 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_is_stored_even_after_its_folders_were_removed_behind_our_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(&dir.path().join("cache"));
+        let src = dir.path().join("a.txt");
+        std::fs::write(&src, "one").unwrap();
+        let d = Digest::from(blake3::hash(b"one"));
+        cache.store_file(&src, &d).unwrap();
+        // A gc of a shared cache (another workspace) removes the object and its folders,
+        // which this process remembers having made.
+        std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
+        cache.store_file(&src, &d).unwrap();
+        assert_eq!(std::fs::read(cache.object_path(&d)).unwrap(), b"one");
+    }
 
     #[test]
     fn digests_are_64_lowercase_hex_and_nothing_else() {

@@ -71,22 +71,28 @@ pub fn is_not_found(e: &anyhow::Error) -> bool {
         .any(|io| io.kind() == std::io::ErrorKind::NotFound)
 }
 
-fn write_replace(path: &Path, bytes: &[u8], sync: bool, tmp_dir: Option<&Path>) -> Result<()> {
-    match write_replace_once(path, bytes, sync, tmp_dir) {
-        // A folder made earlier in this process was removed since: make it again.
+/// Run `op`, which writes into `dirs` (made once per process with [`ensure_dir`]); if it
+/// fails with "not found" because one of them was removed since, make them again and run
+/// it once more. The one retry every writer into a remembered folder shares.
+pub fn remaking_dirs<T>(dirs: &[&Path], op: impl Fn() -> Result<T>) -> Result<T> {
+    match op() {
         Err(e) if is_not_found(&e) => {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create folder {}", dir.display()))?;
-            if let Some(t) = tmp_dir {
-                let _ = std::fs::create_dir_all(t);
-            } else {
-                let _ = std::fs::create_dir_all(tmp_dir_for(dir));
+            for d in dirs {
+                // A folder that cannot be made shows up as the retry's own error.
+                let _ = std::fs::create_dir_all(d);
             }
-            write_replace_once(path, bytes, sync, tmp_dir)
+            op()
         }
         r => r,
     }
+}
+
+fn write_replace(path: &Path, bytes: &[u8], sync: bool, tmp_dir: Option<&Path>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tmp_dir.map_or_else(|| tmp_dir_for(dir), Path::to_path_buf);
+    remaking_dirs(&[dir, &tmp], || {
+        write_replace_once(path, bytes, sync, tmp_dir)
+    })
 }
 
 fn write_replace_once(path: &Path, bytes: &[u8], sync: bool, tmp_dir: Option<&Path>) -> Result<()> {

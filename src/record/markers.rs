@@ -29,13 +29,11 @@ pub fn write(layout: &Layout, stage: &str, run_id: &str, group: Option<Recorded>
     };
     let path = layout.running_marker(stage);
     let dir = layout.running_dir();
-    crate::fsutil::ensure_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    match std::fs::write(&path, &text) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::write(&path, &text))
-            .with_context(|| format!("cannot write {}", path.display())),
-        r => r.with_context(|| format!("cannot write {}", path.display())),
-    }
+    crate::fsutil::remaking_dirs(&[&dir], || {
+        crate::fsutil::ensure_dir(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))
+    })
 }
 
 pub fn remove(layout: &Layout, stage: &str) {
