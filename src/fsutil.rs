@@ -679,6 +679,41 @@ fn answer(seen: Option<std::fs::Metadata>) -> std::io::Result<std::fs::Metadata>
     seen.ok_or_else(not_found)
 }
 
+/// What a path was when it was looked at: all a check of the pipeline's paths depends on
+/// (see [`StatMemo::looked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    Missing,
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+impl Kind {
+    fn of(seen: &Option<std::fs::Metadata>) -> Kind {
+        match seen {
+            None => Kind::Missing,
+            Some(m) if m.file_type().is_symlink() => Kind::Symlink,
+            Some(m) if m.is_dir() => Kind::Dir,
+            Some(m) if m.is_file() => Kind::File,
+            Some(_) => Kind::Other,
+        }
+    }
+
+    fn of_result(r: std::io::Result<std::fs::Metadata>) -> Option<Kind> {
+        match r {
+            Ok(m) => Some(Kind::of(&Some(m))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Kind::Missing),
+            Err(_) => None,
+        }
+    }
+}
+
+/// One path as [`StatMemo::looked`] reports it: what `lstat` and `stat` saw (`None`: not
+/// asked).
+pub type Looked = (PathBuf, Option<Kind>, Option<Kind>);
+
 impl StatMemo {
     fn get(&self, path: &Path) -> Option<Seen> {
         self.inner.lock().ok()?.seen.get(path.as_os_str()).cloned()
@@ -730,6 +765,33 @@ impl StatMemo {
         seen.lstat = Some(now.clone());
         self.put(path, seen);
         answer(now)
+    }
+
+    /// Every path looked at so far, with the kind `lstat` and `stat` saw, in path order.
+    pub fn looked(&self) -> Vec<Looked> {
+        let Ok(m) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let mut all: Vec<Looked> = m
+            .seen
+            .iter()
+            .map(|(p, s)| {
+                (
+                    PathBuf::from(p),
+                    s.lstat.as_ref().map(Kind::of),
+                    s.stat.as_ref().map(Kind::of),
+                )
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Whether a path is still what [`looked`](Self::looked) said. It is looked at again
+    /// through the memo, which keeps the answers for whoever asks next.
+    pub fn still(&self, (path, lstat, stat): &Looked) -> bool {
+        lstat.is_none_or(|k| Kind::of_result(self.symlink_metadata(path)) == Some(k))
+            && stat.is_none_or(|k| Kind::of_result(self.metadata(path)) == Some(k))
     }
 
     /// Forget `path`, everything under it and the folders above it (a stage is about to

@@ -113,15 +113,20 @@ fn shown(v: &toml::Value) -> String {
 /// must be a table (an object, a mapping).
 pub fn read_file(path: &std::path::Path) -> Result<toml::Table, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    parse_file_text(path, &text)
+}
+
+/// [`read_file`] of text already read from `path` (whose extension names the format).
+pub fn parse_file_text(path: &std::path::Path, text: &str) -> Result<toml::Table, String> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     let value = match ext.as_str() {
-        "json" => serde_json::from_str::<serde_json::Value>(&text)
+        "json" => serde_json::from_str::<serde_json::Value>(text)
             .map_err(|e| format!("not valid JSON: {e}"))
             .and_then(|v| json_to_toml(&v))?,
-        "yaml" | "yml" => serde_yaml_ng::from_str::<serde_json::Value>(&text)
+        "yaml" | "yml" => serde_yaml_ng::from_str::<serde_json::Value>(text)
             .map_err(|e| format!("not valid YAML: {e}"))
             .and_then(|v| match v {
                 // An empty YAML file is an empty mapping.
@@ -129,7 +134,7 @@ pub fn read_file(path: &std::path::Path) -> Result<toml::Table, String> {
                 v => json_to_toml(&v),
             })?,
         _ => toml::Value::Table(
-            toml::from_str::<toml::Table>(&text).map_err(|e| format!("not valid TOML: {e}"))?,
+            toml::from_str::<toml::Table>(text).map_err(|e| format!("not valid TOML: {e}"))?,
         ),
     };
     match value {

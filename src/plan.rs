@@ -557,6 +557,40 @@ pub fn upfront(
     incomplete: &BTreeSet<String>,
     releases: &dyn Releases,
 ) -> Result<Vec<Planned>> {
+    let all = upfront_until(
+        p, selected, lock, planner, forced, incomplete, releases, false,
+    )?;
+    Ok(all.unwrap_or_default())
+}
+
+/// [`upfront`] when no selected stage needs attention (a build would be a no-op); `None` as
+/// soon as one does, without judging the rest.
+#[allow(clippy::too_many_arguments)]
+pub fn all_fresh(
+    p: &Pipeline,
+    selected: &BTreeSet<usize>,
+    lock: &LockFile,
+    planner: &Planner,
+    forced: &BTreeSet<usize>,
+    incomplete: &BTreeSet<String>,
+    releases: &dyn Releases,
+) -> Result<Option<Vec<Planned>>> {
+    upfront_until(
+        p, selected, lock, planner, forced, incomplete, releases, true,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn upfront_until(
+    p: &Pipeline,
+    selected: &BTreeSet<usize>,
+    lock: &LockFile,
+    planner: &Planner,
+    forced: &BTreeSet<usize>,
+    incomplete: &BTreeSet<String>,
+    releases: &dyn Releases,
+    stop_at_attention: bool,
+) -> Result<Option<Vec<Planned>>> {
     let mut out: Vec<Planned> = Vec::new();
     let mut pos: HashMap<usize, usize> = HashMap::new();
     // Stage → the reason its downstream is blocked.
@@ -622,10 +656,13 @@ pub fn upfront(
                 reasons,
             }
         };
+        if stop_at_attention && planned.needs_attention() {
+            return Ok(None);
+        }
         pos.insert(i, out.len());
         out.push(planned);
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 #[cfg(test)]

@@ -292,5 +292,7 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
             return Err(e);
         }
     }
-    Ok(summary.exit_code)
+    let code = summary.exit_code;
+    crate::keep_until_exit((p, summary));
+    Ok(code)
 }

@@ -109,6 +109,8 @@ pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>,
         .hasher
         .files_read
         .load(std::sync::atomic::Ordering::Relaxed);
+    crate::keep_until_exit((lock, planner));
+    crate::keep_until_exit(stat);
     Ok((rows, read))
 }
 
@@ -175,6 +177,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &StatusArgs) -> Result<i32> {
             );
         }
     }
+    crate::keep_until_exit((p, rows));
     Ok(if stale > 0 && !a.exit_zero {
         exit::FAILED
     } else {

@@ -80,6 +80,101 @@ fn stop_leftovers(
     stopped
 }
 
+/// A build with nothing to do keeps no books. When every selected stage is fresh, as
+/// `status` would say (the same [`plan`]), it opens no run folder, event log or manifest and
+/// writes nothing but the stat cache: the stages' verdicts go to the terminal and the
+/// summary. Whatever could make a build with fresh stages write something takes the full
+/// path instead: `--force`, `--pull` / `--push`, gate overrides, gated or release stages,
+/// lock entries of stages no longer in the pipeline (the ledger prunes them).
+#[allow(clippy::too_many_arguments)]
+fn noop(
+    p: &Pipeline,
+    opts: &BuildOptions,
+    sel: &crate::graph::Selection,
+    lock: &crate::lockfile::LockFile,
+    incomplete: &std::collections::BTreeSet<String>,
+    stat: &StatCache,
+    cache: &Cache,
+    rep: &mut Reporter,
+) -> Result<Option<Summary>> {
+    let plain = sel.forced.is_empty()
+        && !opts.pull
+        && !opts.push
+        && opts.override_gates.is_empty()
+        && sel
+            .selected
+            .iter()
+            .all(|&i| p.stages[i].gate.is_none() && !p.stages[i].release)
+        && lock.stages.keys().all(|k| p.index.contains_key(k));
+    if !plain {
+        return Ok(None);
+    }
+    let planner = Planner {
+        hasher: Hasher::new(&p.root, stat).with_memo(&p.stats),
+        cache,
+        use_cache: opts.use_cache,
+        remote: None,
+    };
+    let rel = crate::record::release::ReleaseState::load(&p.layout.state());
+    let Some(planned) = plan::all_fresh(
+        p,
+        &sel.selected,
+        lock,
+        &planner,
+        &sel.forced,
+        incomplete,
+        &rel,
+    )?
+    else {
+        return Ok(None);
+    };
+    let _ = stat.save(&p.layout.stat_cache());
+    let mut view = BuildView::new(rep, opts.follow);
+    let mut bus = Bus::new().with(&mut view);
+    bus.emit(Event::RunStart {
+        run_id: String::new(),
+        run_dir: p.layout.runs.clone(),
+        stages: planned.len(),
+    })?;
+    let mut records = BTreeMap::new();
+    for pl in planned {
+        let s = &p.stages[pl.stage];
+        tracing::debug!(
+            stage = %s.name,
+            verdict = pl.state.label(),
+            reasons = ?pl.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            "judged"
+        );
+        records.insert(
+            pl.stage,
+            StageRecord::fresh(pl.state, pl.reasons.clone(), lock.stages.get(&s.name)),
+        );
+        bus.emit(Event::StageJudged {
+            stage: s.name.clone(),
+            state: pl.state,
+            reasons: pl.reasons,
+            fingerprint: None,
+            inputs: None,
+        })?;
+    }
+    bus.emit(Event::RunDone {
+        status: RunStatus::Success,
+        exit_code: exit::OK,
+    })?;
+    crate::keep_until_exit(planner);
+    Ok(Some(Summary {
+        run_id: None,
+        status: RunStatus::Success,
+        exit_code: exit::OK,
+        stages: p
+            .order
+            .iter()
+            .filter_map(|i| records.remove(i).map(|r| (p.stages[*i].name.clone(), r)))
+            .collect(),
+        duration_s: 0.0,
+    }))
+}
+
 pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Summary> {
     let started = Instant::now();
     let sel = p.select(&opts.targets)?;
@@ -155,6 +250,20 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         }
         _ => None,
     };
+
+    if let Some(summary) = noop(p, opts, &sel, &lock, &incomplete, &stat, &cache, rep)? {
+        if let Some(w) = watchdog.and_then(std::sync::Arc::into_inner) {
+            w.dismiss();
+        }
+        drop(ws);
+        let summary = Summary {
+            duration_s: started.elapsed().as_secs_f64(),
+            ..summary
+        };
+        rep.summary(&summary);
+        crate::keep_until_exit((lock, stat));
+        return Ok(summary);
+    }
 
     record::mark_crashed(&p.layout.runs);
     let rec = Recorder::start(&p.layout.runs)?;

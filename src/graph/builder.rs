@@ -1,6 +1,7 @@
 //! Turning the raw file into a `Pipeline`: parse errors with locations, params files,
 //! `--set`, the executor table; per-stage work is in `stage.rs`, edges in `link.rs`.
 
+use super::built;
 use super::*;
 use crate::error::{did_you_mean, invalid};
 use crate::fsutil::Layout;
@@ -10,7 +11,7 @@ use crate::spec::{self, RawPipeline};
 use anyhow::Result;
 use indexmap::IndexMap;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The most worker threads a pipeline may ask for.
@@ -25,6 +26,15 @@ pub(super) struct Builder<'a> {
     pub(super) diags: Vec<Diag>,
     /// Paths looked at while loading, handed on to the pipeline (and its hasher).
     pub(super) stats: crate::fsutil::StatMemo,
+    /// Params files read, with the blake3 of their bytes (for the built snapshot).
+    pub(super) files: Vec<(PathBuf, String)>,
+}
+
+/// Litter of dead writers (a killed restore, a kill during a lock write, a full disk) goes
+/// before anything else: two small folders, usually empty or missing.
+fn sweep(layout: &Layout) {
+    crate::fsutil::sweep_once(&layout.tmp());
+    crate::fsutil::sweep_once(&layout.cache.join("tmp"));
 }
 
 pub(super) fn key_path<'a>(stage: &'a str, key: &'a str) -> [Seg<'a>; 3] {
@@ -39,6 +49,7 @@ impl<'a> Builder<'a> {
             opts,
             diags: Vec::new(),
             stats: Default::default(),
+            files: Vec::new(),
         }
     }
 
@@ -139,7 +150,37 @@ impl<'a> Builder<'a> {
         Some(name.to_string())
     }
 
-    pub(super) fn build(mut self) -> Result<Pipeline> {
+    /// The pipeline from its built snapshot when nothing it was built from changed, else
+    /// built (and kept for next time).
+    pub(super) fn build(self) -> Result<Pipeline> {
+        let at = built::path(&self.root, &self.src.path);
+        let key = built::key(&self.src.text, &self.root, self.opts);
+        if let Some(kept) = built::read(&at, &key, &self.root, &self.stats) {
+            let p = built::pipeline(kept, self.src, self.root, self.stats);
+            sweep(&p.layout);
+            return Ok(p);
+        }
+        let (p, files, dirs) = self.build_fresh()?;
+        built::write(
+            &at,
+            &key,
+            &p,
+            &files,
+            (dirs.0.as_deref(), dirs.1.as_deref()),
+        );
+        Ok(p)
+    }
+
+    /// Parse, template, check and link; also the params files read and the `cache_dir` and
+    /// `runs_dir` as written.
+    #[allow(clippy::type_complexity)]
+    fn build_fresh(
+        mut self,
+    ) -> Result<(
+        Pipeline,
+        Vec<(PathBuf, String)>,
+        (Option<String>, Option<String>),
+    )> {
         let snapshot = Layout::for_file(&self.root, &self.src.path, None, None)
             .state()
             .join("pipeline.json");
@@ -154,8 +195,9 @@ impl<'a> Builder<'a> {
         // exists, keeping its type.
         if let Some(f) = &self.opts.params_file {
             let shown = f.display();
-            let table =
-                params::read_file(f).map_err(|e| invalid(format!("--params-file {shown}: {e}")))?;
+            let table = self
+                .read_params(f)
+                .map_err(|e| invalid(format!("--params-file {shown}: {e}")))?;
             for (key, value) in spec::flatten_params(&table) {
                 params::override_param(&mut params, &key, value, false)
                     .map_err(|e| invalid(format!("--params-file {shown}: {e}")))?;
@@ -236,11 +278,12 @@ impl<'a> Builder<'a> {
             raw.pipeline.cache_dir.as_deref(),
             raw.pipeline.runs_dir.as_deref(),
         );
-        // Litter of dead writers (a killed restore, a kill during a lock write, a full
-        // disk) goes before anything else: two small folders, usually empty or missing.
-        crate::fsutil::sweep_once(&layout.tmp());
-        crate::fsutil::sweep_once(&layout.cache.join("tmp"));
-        Ok(Pipeline {
+        sweep(&layout);
+        let dirs = (
+            raw.pipeline.cache_dir.clone(),
+            raw.pipeline.runs_dir.clone(),
+        );
+        let p = Pipeline {
             stats: self.stats,
             file: self.src.path.clone(),
             root: self.root,
@@ -259,7 +302,8 @@ impl<'a> Builder<'a> {
             executor,
             slurm,
             source: self.src,
-        })
+        };
+        Ok((p, self.files, dirs))
     }
 
     /// Bounds on pipeline-level values that would otherwise pass and hurt later: pool
@@ -358,8 +402,18 @@ impl<'a> Builder<'a> {
         (kind, slurm)
     }
 
+    /// Read a params file, keeping the blake3 of its bytes for the built snapshot.
+    fn read_params(&mut self, path: &Path) -> std::result::Result<toml::Table, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+        self.files.push((
+            path.to_path_buf(),
+            blake3::hash(text.as_bytes()).to_hex().to_string(),
+        ));
+        params::parse_file_text(path, &text)
+    }
+
     pub(super) fn merge_params_file(&mut self, file: &str, params: &mut toml::Table) {
-        let loaded = match params::read_file(&self.root.join(file)) {
+        let loaded = match self.read_params(&self.root.join(file)) {
             Ok(t) => t,
             Err(e) => {
                 self.err(

@@ -5,6 +5,7 @@
 //! later steps never re-check.
 
 mod builder;
+mod built;
 mod link;
 mod select;
 mod stage;
@@ -19,44 +20,49 @@ use builder::Builder;
 use globset::GlobMatcher;
 use indexmap::IndexMap;
 pub use select::{Selection, Targets};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A dependency as declared: a path (file or folder) or a glob.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dep {
     /// The normalised text (folders keep no trailing slash; globs as written).
     pub path: String,
+    /// Compiled again when a built snapshot is read ([`built`]).
+    #[serde(skip)]
     pub glob: Option<GlobMatcher>,
 }
 
 /// A declared output: a file or a folder.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Out {
     pub path: String,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub dir_hint: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExecutorKind {
     Local,
     Slurm,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SlurmConfig {
     pub partition: Option<String>,
     pub extra_args: Vec<String>,
     pub poll_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stage {
     pub name: String,
     /// The `[stages.NAME]` table this stage came from (differs for matrix members).
     pub source_name: String,
     /// Matrix values of a matrix member, in declaration order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matrix: Vec<(String, String)>,
     /// The commands as written (before `${…}` substitution): "command changed" compares these.
     pub cmd_template: Vec<String>,
@@ -64,24 +70,47 @@ pub struct Stage {
     pub cmds: Vec<String>,
     pub deps: Vec<Dep>,
     pub outs: Vec<Out>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, toml::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resources: BTreeMap<String, u32>,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub retries: u32,
     pub retry_delay: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateSpec>,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub release: bool,
     pub cache: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub always: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub frozen: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     pub persist: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<String>,
     pub executor: ExecutorKind,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstream: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub downstream: Vec<usize>,
+}
+
+// Stages in the built snapshot ([`built`]) leave out what is empty or off.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Stage {

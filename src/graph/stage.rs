@@ -650,7 +650,7 @@ fn check_inside(
             let real_dir = if meta.file_type().is_symlink() {
                 false
             } else {
-                p.parent().is_none_or(|d| real_folder(root, d))
+                p.parent().is_none_or(|d| real_folder(root, d, stats))
             };
             if real_dir {
                 return Ok(());
@@ -673,21 +673,15 @@ fn check_inside(
 }
 
 /// Whether `dir` (inside the canonical `root`) is reached without any symlink: each folder
-/// is looked at once per process.
-fn real_folder(root: &Path, dir: &Path) -> bool {
-    thread_local! {
-        static SEEN: std::cell::RefCell<HashMap<PathBuf, bool>> = Default::default();
-    }
+/// is looked at once per load, through `stats` (so a built snapshot knows it was).
+fn real_folder(root: &Path, dir: &Path, stats: &crate::fsutil::StatMemo) -> bool {
     if dir == root || !dir.starts_with(root) {
         return dir == root;
     }
-    if let Some(known) = SEEN.with(|s| s.borrow().get(dir).copied()) {
-        return known;
-    }
-    let plain = std::fs::symlink_metadata(dir).is_ok_and(|m| !m.file_type().is_symlink())
-        && dir.parent().is_some_and(|d| real_folder(root, d));
-    SEEN.with(|s| s.borrow_mut().insert(dir.to_path_buf(), plain));
-    plain
+    stats
+        .symlink_metadata(dir)
+        .is_ok_and(|m| !m.file_type().is_symlink())
+        && dir.parent().is_some_and(|d| real_folder(root, d, stats))
 }
 
 /// Normalize an absolute dep path: no `..`, no empty or `.` parts, no trailing slash; never

@@ -172,23 +172,17 @@ impl Sink for Ledger<'_> {
                 fingerprint,
                 inputs,
             } => {
-                let mut r = StageRecord::new(*state, reasons.clone());
-                if *state == StageState::RolledBack {
-                    // Held back after a rollback: nothing runs, the lock entry stands.
-                } else if state.is_fresh() {
-                    r.status = StageState::UpToDate;
-                    if let Some(e) = self.lock.stages.get(stage) {
-                        r.fingerprint = Some(e.fingerprint.clone());
-                        r.deps = e.deps.clone();
-                        r.outs = e.outs.clone();
-                    }
+                let r = if state.is_fresh() {
+                    StageRecord::fresh(*state, reasons.clone(), self.lock.stages.get(stage))
                 } else {
+                    let mut r = StageRecord::new(*state, reasons.clone());
                     r.fingerprint = fingerprint.clone();
                     if let Some(e) = inputs {
                         r.deps = e.deps.clone();
                         self.pending.insert(stage.clone(), (**e).clone());
                     }
-                }
+                    r
+                };
                 self.manifest.stages.insert(stage.clone(), r);
             }
             Event::StageStart { stage, .. } => {

@@ -73,6 +73,25 @@ impl StageRecord {
             metrics: BTreeMap::new(),
         }
     }
+
+    /// A stage judged fresh, so nothing runs: an up-to-date (or frozen) one is recorded as
+    /// up to date with its lock entry; one held back after a rollback as it is.
+    pub fn fresh(
+        state: StageState,
+        reasons: Vec<Reason>,
+        entry: Option<&crate::lockfile::LockEntry>,
+    ) -> StageRecord {
+        let mut r = StageRecord::new(state, reasons);
+        if state != StageState::RolledBack {
+            r.status = StageState::UpToDate;
+            if let Some(e) = entry {
+                r.fingerprint = Some(e.fingerprint.clone());
+                r.deps = e.deps.clone();
+                r.outs = e.outs.clone();
+            }
+        }
+        r
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -1029,3 +1029,37 @@ fn color_and_pipe_log_control_diagnostics() {
         .err_has("verdict=\"up to date\"");
     assert!(!traced.stderr.contains('\x1b'), "{traced}");
 }
+
+#[test]
+fn a_noop_build_writes_nothing_but_still_drops_lock_entries_of_removed_stages() {
+    let ws = Ws::new(
+        "[stages.a]\ncmd = \"echo a > a.txt\"\nouts = [\"a.txt\"]\n\n[stages.b]\ncmd = \"echo b > b.txt\"\nouts = [\"b.txt\"]\n",
+    );
+    ws.pipe(&["build"]).ok();
+    let runs = || std::fs::read_dir(ws.path(".pipe/runs")).unwrap().count();
+    let (lock, before) = (ws.read("Pipeline.lock"), runs());
+    // Nothing to do: no run folder, no event log, the lock untouched; -v still lists the
+    // stages and --json still says what each is.
+    ws.pipe(&["build", "-v"])
+        .ok()
+        .err_has("Fresh a")
+        .err_has("0 ran, 0 restored, 2 up to date");
+    let j = ws.pipe(&["build", "--json"]).ok().json();
+    assert_eq!(j["run_id"], serde_json::Value::Null);
+    assert_eq!(j["stages"].as_array().map(Vec::len), Some(2), "{j}");
+    assert_eq!(runs(), before, "a no-op build left a run folder");
+    assert_eq!(ws.read("Pipeline.lock"), lock);
+    // `b` leaves the pipeline: the next build has nothing to run, but drops b's entry.
+    ws.write(
+        "Pipeline.toml",
+        "[stages.a]\ncmd = \"echo a > a.txt\"\nouts = [\"a.txt\"]\n",
+    );
+    ws.pipe(&["build"])
+        .ok()
+        .err_has("0 ran, 0 restored, 1 up to date");
+    let lock = ws.read("Pipeline.lock");
+    assert!(
+        lock.contains("[stages.a]") && !lock.contains("[stages.b]"),
+        "{lock}"
+    );
+}

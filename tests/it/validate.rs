@@ -535,3 +535,51 @@ fn validate_in_a_fresh_checkout_writes_nothing_and_status_keeps_its_snapshots_in
     ws.write("Pipeline.lock", &lock);
     ws.pipe(&["status"]).code(1).out_has("command changed");
 }
+
+#[test]
+fn the_built_pipeline_is_kept_and_every_input_of_its_checks_is_seen_changing() {
+    // A source dep, a params file, and an out folder: each is something the built
+    // pipeline (`.pipe/state/built.json`) depends on besides the text of Pipeline.toml.
+    let ws = Ws::new(
+        "params_file = \"params.toml\"\n\n[stages.a]\ncmd = \"cat in.txt > out/a.txt; echo ${params.n} >> out/a.txt\"\ndeps = [\"in.txt\"]\nouts = [\"out/a.txt\"]\nparams = [\"n\"]\n",
+    );
+    ws.write("in.txt", "1\n");
+    ws.write("params.toml", "n = 1\n");
+    ws.pipe(&["build"]).ok();
+    ws.pipe(&["status"]).ok();
+    assert!(ws.exists(".pipe/state/built.json"), "no built snapshot");
+
+    // A params file edited: the kept pipeline is not used (its params are stale).
+    ws.write("params.toml", "n = 2\n");
+    ws.pipe(&["status"])
+        .code(1)
+        .out_has("param changed: n (1 -> 2)");
+    ws.pipe(&["build"]).ok();
+    ws.pipe(&["status"]).ok();
+
+    // A source dep removed: the check that it exists runs again.
+    std::fs::remove_file(ws.path("in.txt")).unwrap();
+    ws.pipe(&["status"])
+        .code(2)
+        .err_has("dep `in.txt` does not exist and no stage produces it");
+    ws.write("in.txt", "1\n");
+    ws.pipe(&["status"]).ok();
+
+    // The out folder replaced by a symlink leading outside the workspace: refused again.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::remove_dir_all(ws.path("out")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.path("out")).unwrap();
+    ws.pipe(&["status"])
+        .code(2)
+        .err_has("through a symlink, outside the workspace");
+    std::fs::remove_file(ws.path("out")).unwrap();
+
+    // A damaged snapshot is ignored and replaced.
+    ws.pipe(&["build"]).ok();
+    ws.write(".pipe/state/built.json", "garbage");
+    ws.pipe(&["status"]).ok();
+    assert!(
+        ws.read(".pipe/state/built.json")
+            .starts_with("pipe-snapshot")
+    );
+}
