@@ -64,9 +64,12 @@ impl PathHash {
 
 /// The digest of a folder: over its sorted (relative path, digest) list.
 pub fn dir_digest(entries: &[Entry]) -> blake3::Hash {
-    // One buffer, hashed in one call: the same digest as feeding the pieces one by one,
-    // without a hasher call per piece (a folder can list 100,000 files).
-    let mut buf = Vec::with_capacity(entries.iter().map(|e| e.rel.len() + 35).sum());
+    // Through a 64 KiB buffer: the same digest as feeding the pieces one by one, without
+    // a hasher call per piece, nor a buffer the size of the listing (a folder can list
+    // 100,000 files: 6 MB, 1,500 page faults).
+    const CHUNK: usize = 64 << 10;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = Vec::with_capacity(CHUNK + 4096);
     for e in entries {
         buf.extend_from_slice(e.rel.as_bytes());
         buf.push(0);
@@ -76,8 +79,13 @@ pub fn dir_digest(entries: &[Entry]) -> blake3::Hash {
         } else {
             b"-\n"
         });
+        if buf.len() >= CHUNK {
+            hasher.update(&buf);
+            buf.clear();
+        }
     }
-    blake3::hash(&buf)
+    hasher.update(&buf);
+    hasher.finalize()
 }
 
 /// The dep hash of a file named directly as a dep: its content digest when it is not
@@ -263,11 +271,13 @@ impl<'a> Hasher<'a> {
                 continue;
             }
             let name = name.to_string_lossy();
-            let rel = if rel_dir.is_empty() {
-                name.into_owned()
-            } else {
-                format!("{rel_dir}/{name}")
-            };
+            // Built by hand: `format!` was a tenth of a walk of 100,000 files.
+            let mut rel = String::with_capacity(rel_dir.len() + 1 + name.len());
+            if !rel_dir.is_empty() {
+                rel.push_str(rel_dir);
+                rel.push('/');
+            }
+            rel.push_str(&name);
             let ft = entry.file_type().with_context(list)?;
             let meta = if ft.is_symlink() {
                 std::fs::metadata(entry.path())
@@ -275,7 +285,7 @@ impl<'a> Hasher<'a> {
                 entry.metadata()
             }
             .with_context(|| format!("cannot read {}", entry.path().display()))?;
-            if glob.is_none_or(|g| g.is_match(&rel)) {
+            if !(meta.is_file() || meta.is_dir()) && glob.is_none_or(|g| g.is_match(&rel)) {
                 check_kind(&entry.path(), &meta)?;
             }
             if meta.is_dir() {
@@ -316,20 +326,39 @@ impl<'a> Hasher<'a> {
         // Ascending order (the walk's output is nearly sorted: cheap), so each worker's
         // stat cache lookups run along the sorted cache instead of searching it.
         files.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut entries: Vec<Entry> = files
+        // Written in place into one vector of the exact size (collecting `Result`s would
+        // gather chunks and copy them); the first error is kept aside and returned.
+        let failed: std::sync::Mutex<Option<anyhow::Error>> = Default::default();
+        let mut entries: Vec<Entry> = Vec::new();
+        files
             .into_par_iter()
             .map_init(
                 || 0usize,
                 |hint, (mut rel, stat)| {
-                    let hash = self.file_with(&rel, stat, hint)?;
+                    let hash = match self.file_with(&rel, stat, hint) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            if let Ok(mut slot) = failed.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            FileHash {
+                                digest: blake3::hash(b""),
+                                size: 0,
+                                mode: 0,
+                            }
+                        }
+                    };
                     if !strip.is_empty() {
                         rel.drain(..strip.len() + 1);
                     }
-                    Ok(Entry { rel, hash })
+                    Entry { rel, hash }
                 },
             )
-            .collect::<Result<_>>()?;
-        entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+            .collect_into_vec(&mut entries);
+        if let Some(e) = failed.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        // Still in order: dropping the same prefix from every path keeps it.
         Ok(PathHash::Dir {
             digest: dir_digest(&entries),
             entries,
@@ -432,6 +461,35 @@ pub fn hash_file_contents(path: &Path, size: u64) -> std::io::Result<blake3::Has
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_digest_is_the_blake3_of_its_listing_however_long() {
+        // Across many 64 KiB chunks: the same digest as the listing hashed in one piece.
+        let entries: Vec<Entry> = (0..5000u32)
+            .map(|i| Entry {
+                rel: format!("sub{}/file-{i:05}.txt", i % 7),
+                hash: FileHash {
+                    digest: blake3::hash(&i.to_le_bytes()),
+                    size: u64::from(i),
+                    mode: if i % 3 == 0 { 0o755 } else { 0o644 },
+                },
+            })
+            .collect();
+        let mut whole = Vec::new();
+        for e in &entries {
+            whole.extend_from_slice(e.rel.as_bytes());
+            whole.push(0);
+            whole.extend_from_slice(e.hash.digest.as_bytes());
+            whole.extend_from_slice(if e.hash.mode & 0o111 != 0 {
+                b"x\n"
+            } else {
+                b"-\n"
+            });
+        }
+        assert!(whole.len() > 4 * (64 << 10));
+        assert_eq!(dir_digest(&entries), blake3::hash(&whole));
+        assert_eq!(dir_digest(&[]), blake3::hash(b""));
+    }
 
     fn write(root: &Path, rel: &str, text: &str) {
         let p = root.join(rel);

@@ -54,11 +54,55 @@ const HEADER: usize = 32;
 /// hashed_at i64, digest [u8; 32].
 const RECORD: usize = 88;
 
-/// Entries as loaded: fixed-size records sorted by path, paths packed into one string.
+/// Entries as loaded: the file's bytes (fixed-size records sorted by path, then the paths
+/// packed back to back), used where they are: no copy, no per-entry work.
 #[derive(Default)]
 struct Loaded {
-    records: Vec<u8>,
-    paths: String,
+    bytes: Bytes,
+    /// Where the paths start (the records are `HEADER..paths_at`).
+    paths_at: usize,
+}
+
+/// A big stat cache is mapped rather than read: 100,000 entries are 10 MB, which a read
+/// copies into as many fresh pages (2,600 page faults) where a map shares the page cache's.
+/// The file is only ever replaced by a rename, never rewritten in place, so the mapped
+/// bytes cannot change or shrink under pipe.
+enum Bytes {
+    Read(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes::Read(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Read(v) => v,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
+/// Files from this size on are mapped.
+const MAP_FROM: u64 = 1 << 20;
+
+fn load_bytes(path: &Path) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() >= MAP_FROM {
+        // SAFETY: see `Bytes`: pipe replaces the file by renaming a new one over it, so
+        // the mapped inode is never truncated or written while mapped.
+        if let Ok(m) = unsafe { memmap2::Mmap::map(&file) } {
+            return Ok(Bytes::Mapped(m));
+        }
+    }
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut v)?;
+    Ok(Bytes::Read(v))
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -66,7 +110,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 impl Loaded {
-    fn parse(mut bytes: Vec<u8>) -> Option<Loaded> {
+    fn parse(bytes: Bytes) -> Option<Loaded> {
         if bytes.len() < HEADER || &bytes[..8] != MAGIC || bytes[8..12] != VERSION.to_le_bytes() {
             return None;
         }
@@ -76,27 +120,28 @@ impl Loaded {
         if end.checked_add(path_len)? != bytes.len() {
             return None;
         }
-        let paths = String::from_utf8(bytes[end..].to_vec()).ok()?;
-        bytes.truncate(end);
-        bytes.drain(..HEADER);
         Some(Loaded {
-            records: bytes,
-            paths,
+            bytes,
+            paths_at: end,
         })
     }
     fn len(&self) -> usize {
-        self.records.len() / RECORD
+        self.paths_at.saturating_sub(HEADER) / RECORD
+    }
+    fn paths(&self) -> &[u8] {
+        self.bytes.get(self.paths_at..).unwrap_or_default()
     }
     fn rec(&self, k: usize) -> &[u8] {
-        &self.records[k * RECORD..(k + 1) * RECORD]
+        &self.bytes[HEADER + k * RECORD..HEADER + (k + 1) * RECORD]
     }
     /// The path of record `k` ("" for a damaged record: it then matches nothing).
     fn path(&self, k: usize) -> &str {
         let r = self.rec(k);
         let start = u64_at(r, 0) as usize;
         let len = u32::from_le_bytes(r[8..12].try_into().unwrap_or([0; 4])) as usize;
-        self.paths
+        self.paths()
             .get(start..start.saturating_add(len))
+            .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or("")
     }
     fn entry(&self, k: usize) -> Entry {
@@ -203,7 +248,7 @@ pub fn now_ns() -> i64 {
 impl StatCache {
     /// Load the cache; a missing, unreadable or foreign-version file starts empty (it is only a cache).
     pub fn load(path: &Path) -> StatCache {
-        let Ok(bytes) = std::fs::read(path) else {
+        let Ok(bytes) = load_bytes(path) else {
             return StatCache::default();
         };
         let ours =
@@ -278,7 +323,7 @@ impl StatCache {
         let mut w = Writer {
             records: Vec::with_capacity((old.len() + new.len()) * RECORD),
             paths: Vec::with_capacity(
-                old.paths.len() + new.iter().map(|e| e.0.len()).sum::<usize>(),
+                old.paths().len() + new.iter().map(|e| e.0.len()).sum::<usize>(),
             ),
         };
         let (mut i, mut j) = (0, 0);
