@@ -23,6 +23,51 @@ pub fn quick_write_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> 
     write_replace(path, bytes, false, Some(tmp_dir))
 }
 
+/// The bytes of a file pipe keeps for itself ([`read_own`]): read, or mapped when big.
+pub enum Bytes {
+    Read(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes::Read(Vec::new())
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Read(v) => v,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
+/// Files from this size on are mapped.
+const MAP_FROM: u64 = 128 << 10;
+
+/// Read a file only pipe writes, and only ever replaces by renaming a new one over it (the
+/// stat cache, the snapshots in `.pipe/state/`): from 128 KiB on it is mapped, sharing the
+/// page cache's pages instead of copying into fresh ones (a page fault each, a trap to the
+/// hypervisor on a VM). A replaced file keeps its old inode alive while mapped, so the
+/// bytes cannot change or shrink under pipe; files a person may rewrite in place
+/// (`Pipeline.toml`, `Pipeline.lock`) are always read.
+pub fn read_own(path: &Path) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    if file.metadata()?.len() >= MAP_FROM {
+        // SAFETY: see above: pipe replaces the file by renaming a new one over it, so the
+        // mapped inode is never truncated or written while mapped.
+        if let Ok(m) = unsafe { memmap2::Mmap::map(&file) } {
+            return Ok(Bytes::Mapped(m));
+        }
+    }
+    let mut v = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut v)?;
+    Ok(Bytes::Read(v))
+}
+
 /// Where the temporary file of a write to `dir` goes: for the workspace root and anything
 /// inside `.pipe/` (records, state, the workspace lock) it is `.pipe/tmp/`, where a kill
 /// never leaves one beside `Pipeline.lock` (visible to git) or in a run folder, and the
@@ -657,18 +702,29 @@ pub struct StatMemo {
 /// Keyed by the path's bytes (hashing a `Path` goes component by component).
 #[derive(Default)]
 struct Memo {
-    seen: std::collections::HashMap<std::ffi::OsString, Seen>,
+    seen: std::collections::HashMap<std::ffi::OsString, Box<Seen>>,
     /// Every folder above a remembered path: forgetting a path scans for what is under it
     /// only when something is.
     parents: std::collections::HashSet<std::ffi::OsString>,
 }
 
-/// What was seen of one path: its `lstat` and its `stat`, each once asked (`None` inside:
-/// not there). A path that `lstat` shows is no symlink has both answered by one call.
+/// What was seen of one path: its `stat` (`None` inside: not there) and its `lstat`, each
+/// once asked. A path that `lstat` shows is no symlink has both answered by one call and
+/// one `Metadata` (boxed in the map: 2,000 paths used to make a megabyte of rehashing).
 #[derive(Clone, Default)]
 struct Seen {
-    lstat: Option<Option<std::fs::Metadata>>,
     stat: Option<Option<std::fs::Metadata>>,
+    lstat: Lstat,
+}
+
+#[derive(Clone, Default)]
+enum Lstat {
+    #[default]
+    Unasked,
+    /// No symlink (or not there): what `stat` says.
+    SameAsStat,
+    /// A symlink: what `lstat` says of the link itself.
+    Link(Box<std::fs::Metadata>),
 }
 
 fn not_found() -> std::io::Error {
@@ -716,12 +772,17 @@ pub type Looked = (PathBuf, Option<Kind>, Option<Kind>);
 
 impl StatMemo {
     fn get(&self, path: &Path) -> Option<Seen> {
-        self.inner.lock().ok()?.seen.get(path.as_os_str()).cloned()
+        self.inner
+            .lock()
+            .ok()?
+            .seen
+            .get(path.as_os_str())
+            .map(|s| Seen::clone(s))
     }
 
     fn put(&self, path: &Path, seen: Seen) {
         if let Ok(mut m) = self.inner.lock() {
-            m.seen.insert(path.as_os_str().to_owned(), seen);
+            m.seen.insert(path.as_os_str().to_owned(), Box::new(seen));
             for a in path.ancestors().skip(1) {
                 if m.parents.contains(a.as_os_str()) {
                     break; // and so are its own parents
@@ -750,19 +811,24 @@ impl StatMemo {
     /// `std::fs::symlink_metadata` (does not follow), remembered.
     pub fn symlink_metadata(&self, path: &Path) -> std::io::Result<std::fs::Metadata> {
         let mut seen = self.get(path).unwrap_or_default();
-        if let Some(s) = seen.lstat {
-            return answer(s);
+        match (&seen.lstat, &seen.stat) {
+            (Lstat::Link(m), _) => return Ok(std::fs::Metadata::clone(m)),
+            (Lstat::SameAsStat, Some(s)) => return answer(s.clone()),
+            _ => {}
         }
         let now = match std::fs::symlink_metadata(path) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        // Not a symlink (or not there): following it would see the same.
-        if !now.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
-            seen.stat = Some(now.clone());
+        match &now {
+            Some(m) if m.file_type().is_symlink() => seen.lstat = Lstat::Link(Box::new(m.clone())),
+            // Not a symlink (or not there): following it would see the same.
+            _ => {
+                seen.stat = Some(now.clone());
+                seen.lstat = Lstat::SameAsStat;
+            }
         }
-        seen.lstat = Some(now.clone());
         self.put(path, seen);
         answer(now)
     }
@@ -776,11 +842,12 @@ impl StatMemo {
             .seen
             .iter()
             .map(|(p, s)| {
-                (
-                    PathBuf::from(p),
-                    s.lstat.as_ref().map(Kind::of),
-                    s.stat.as_ref().map(Kind::of),
-                )
+                let lstat = match &s.lstat {
+                    Lstat::Unasked => None,
+                    Lstat::SameAsStat => s.stat.as_ref().map(Kind::of),
+                    Lstat::Link(_) => Some(Kind::Symlink),
+                };
+                (PathBuf::from(p), lstat, s.stat.as_ref().map(Kind::of))
             })
             .collect();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));

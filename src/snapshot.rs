@@ -38,7 +38,7 @@ pub fn key(bytes: &[u8]) -> blake3::Hash {
 
 /// The value in the snapshot at `path`, if it was made from the bytes whose key is `key`.
 pub fn read<T: DeserializeOwned>(path: &Path, key: &blake3::Hash) -> Option<T> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = crate::fsutil::read_own(path).ok()?;
     let rest = bytes
         .strip_prefix(magic().as_bytes())?
         .strip_prefix(b"\n")?;

@@ -55,54 +55,14 @@ const HEADER: usize = 32;
 const RECORD: usize = 88;
 
 /// Entries as loaded: the file's bytes (fixed-size records sorted by path, then the paths
-/// packed back to back), used where they are: no copy, no per-entry work.
+/// packed back to back), used where they are: no copy, no per-entry work. A big cache is
+/// mapped ([`crate::fsutil::read_own`]): 100,000 entries are 10 MB, which a read would
+/// copy into as many fresh pages (2,600 page faults).
 #[derive(Default)]
 struct Loaded {
-    bytes: Bytes,
+    bytes: crate::fsutil::Bytes,
     /// Where the paths start (the records are `HEADER..paths_at`).
     paths_at: usize,
-}
-
-/// A big stat cache is mapped rather than read: 100,000 entries are 10 MB, which a read
-/// copies into as many fresh pages (2,600 page faults) where a map shares the page cache's.
-/// The file is only ever replaced by a rename, never rewritten in place, so the mapped
-/// bytes cannot change or shrink under pipe.
-enum Bytes {
-    Read(Vec<u8>),
-    Mapped(memmap2::Mmap),
-}
-
-impl Default for Bytes {
-    fn default() -> Self {
-        Bytes::Read(Vec::new())
-    }
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Read(v) => v,
-            Bytes::Mapped(m) => m,
-        }
-    }
-}
-
-/// Files from this size on are mapped.
-const MAP_FROM: u64 = 1 << 20;
-
-fn load_bytes(path: &Path) -> std::io::Result<Bytes> {
-    let file = std::fs::File::open(path)?;
-    if file.metadata()?.len() >= MAP_FROM {
-        // SAFETY: see `Bytes`: pipe replaces the file by renaming a new one over it, so
-        // the mapped inode is never truncated or written while mapped.
-        if let Ok(m) = unsafe { memmap2::Mmap::map(&file) } {
-            return Ok(Bytes::Mapped(m));
-        }
-    }
-    let mut v = Vec::new();
-    std::io::Read::read_to_end(&mut &file, &mut v)?;
-    Ok(Bytes::Read(v))
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -110,7 +70,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 impl Loaded {
-    fn parse(bytes: Bytes) -> Option<Loaded> {
+    fn parse(bytes: crate::fsutil::Bytes) -> Option<Loaded> {
         if bytes.len() < HEADER || &bytes[..8] != MAGIC || bytes[8..12] != VERSION.to_le_bytes() {
             return None;
         }
@@ -248,7 +208,7 @@ pub fn now_ns() -> i64 {
 impl StatCache {
     /// Load the cache; a missing, unreadable or foreign-version file starts empty (it is only a cache).
     pub fn load(path: &Path) -> StatCache {
-        let Ok(bytes) = load_bytes(path) else {
+        let Ok(bytes) = crate::fsutil::read_own(path) else {
             return StatCache::default();
         };
         let ours =
