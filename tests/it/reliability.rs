@@ -163,14 +163,12 @@ fn kill_9_during_each_stage_then_rebuild_reruns_what_was_cut_off() {
     ws.pipe(&["status"]).ok();
     ws.pipe(&["build"]).ok();
     assert_eq!(ws.count("runs_a.txt"), 3, "a no-op build runs nothing");
-    assert!(
-        !ws.path(".pipe/state/running").exists()
-            || std::fs::read_dir(ws.path(".pipe/state/running"))
-                .unwrap()
-                .next()
-                .is_none(),
-        "no stage is left marked as running"
-    );
+    for dir in [".pipe/state/running", ".pipe/state/journal"] {
+        assert!(
+            !ws.path(dir).exists() || std::fs::read_dir(ws.path(dir)).unwrap().next().is_none(),
+            "no stage is left marked as running ({dir})"
+        );
+    }
 }
 
 #[test]
