@@ -207,3 +207,124 @@ fn a_stage_cut_off_and_rerun_is_no_longer_incomplete_and_a_torn_journal_line_is_
     ws.pipe(&["status"]).ok();
     assert!(files_in(&ws, ".pipe/state/journal").is_empty());
 }
+
+// ---------------------------------------------------------------- run-cache packs
+
+/// A stage whose out depends on a param, so switching the param back can restore it.
+const PARAM: &str = r#"
+[params]
+v = 1
+
+[stages.a]
+cmd = "echo run >> runs.txt; echo ${params.v} > a.txt"
+params = ["v"]
+outs = ["a.txt"]
+"#;
+
+fn packs(ws: &Ws) -> Vec<String> {
+    files_in(ws, ".pipe/cache/runs")
+}
+
+#[test]
+fn an_entry_stored_in_one_builds_pack_restores_the_stage_in_a_later_build() {
+    let ws = Ws::new(PARAM);
+    ws.pipe(&["build"]).ok();
+    ws.pipe(&["build", "--set", "v=2"]).ok();
+    assert_eq!(ws.count("runs.txt"), 2);
+    let p = packs(&ws);
+    assert_eq!(p.len(), 2, "one pack per build that stored entries: {p:?}");
+    assert!(
+        p.iter()
+            .all(|n| n.starts_with("pack-") && n.ends_with(".jsonl")),
+        "{p:?}"
+    );
+    // Back to v = 1: restored from the first build's pack, not run.
+    ws.pipe(&["status"]).code(1).out_has("restorable");
+    ws.pipe(&["build"]).ok();
+    assert_eq!(ws.count("runs.txt"), 2, "the stage was restored, not run");
+    assert_eq!(ws.read("a.txt"), "1\n");
+    assert_eq!(ws.last_manifest()["stages"]["a"]["status"], "restored");
+    assert_eq!(packs(&ws).len(), 2, "a restore stores nothing");
+}
+
+#[test]
+fn torn_lines_in_packs_are_skipped_and_a_tampered_line_is_refused() {
+    let ws = Ws::new(PARAM);
+    for v in ["1", "2", "3"] {
+        ws.pipe(&["build", "--set", &format!("v={v}")]).ok();
+    }
+    assert_eq!(ws.count("runs.txt"), 3);
+    let dir = ws.path(".pipe/cache/runs");
+    assert_eq!(packs(&ws).len(), 3);
+    // Every pack gets a torn line at its end, as a writer killed mid-line would leave.
+    for name in packs(&ws) {
+        let path = dir.join(&name);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&"f".repeat(64));
+        text.push_str(" {\"version\":1,\"sta");
+        std::fs::write(&path, text).unwrap();
+    }
+    // v = 2 and v = 1 restore from their packs despite the torn tails.
+    ws.pipe(&["build", "--set", "v=2"]).ok();
+    assert_eq!(ws.read("a.txt"), "2\n");
+    ws.pipe(&["build"]).ok();
+    assert_eq!(ws.read("a.txt"), "1\n");
+    assert_eq!(ws.count("runs.txt"), 3, "both were restored");
+    // Each whole line's entry now names another fingerprint than the line: refused, and
+    // the stage runs instead.
+    for name in packs(&ws) {
+        let path = dir.join(&name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut out = String::new();
+        for line in text.split_inclusive('\n') {
+            if let Some(body) = line.strip_suffix('\n') {
+                let (fp, json) = body.split_once(' ').unwrap();
+                let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+                v["fingerprint"] = "0".repeat(64).into();
+                out += &format!("{fp} {v}\n");
+            } else {
+                out += line;
+            }
+        }
+        std::fs::write(&path, out).unwrap();
+    }
+    let r = ws.pipe(&["build", "--set", "v=3"]);
+    r.ok()
+        .err_has("ignoring run-cache entry")
+        .err_has("does not match");
+    assert_eq!(ws.count("runs.txt"), 4, "the stage ran instead");
+    assert_eq!(ws.read("a.txt"), "3\n");
+}
+
+#[test]
+fn gc_drops_pack_entries_nothing_references_and_keeps_the_rest() {
+    let ws = Ws::new(PARAM);
+    ws.pipe(&["build"]).ok();
+    ws.pipe(&["build", "--set", "v=2"]).ok();
+    assert_eq!(packs(&ws).len(), 2);
+    let r = ws.pipe(&["gc", "--keep-runs", "0", "--dry-run", "--json"]);
+    // The v = 1 entry and its object.
+    assert_eq!(r.ok().json()["removed_files"], 2, "{r}");
+    assert_eq!(packs(&ws).len(), 2, "a dry run changes nothing");
+    ws.pipe(&["gc", "--keep-runs", "0"]).ok();
+    let p = packs(&ws);
+    assert_eq!(
+        p.len(),
+        1,
+        "the packs of finished builds were merged: {p:?}"
+    );
+    let text = std::fs::read_to_string(ws.path(&format!(".pipe/cache/runs/{}", p[0]))).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    // What the lock references still restores; v = 1 runs again.
+    std::fs::remove_file(ws.path("a.txt")).unwrap();
+    ws.pipe(&["build", "--set", "v=2"]).ok();
+    assert_eq!(ws.count("runs.txt"), 2);
+    ws.pipe(&["build"]).ok();
+    assert_eq!(ws.count("runs.txt"), 3);
+    // A second gc with nothing unreferenced and (after the build) two packs merges them.
+    let r = ws.pipe(&["gc", "--json"]);
+    assert_eq!(r.ok().json()["removed_files"], 0, "{r}");
+    assert_eq!(packs(&ws).len(), 1);
+    ws.pipe(&["build", "--set", "v=2"]).ok();
+    assert_eq!(ws.count("runs.txt"), 3, "restored from the merged pack");
+}
