@@ -442,23 +442,24 @@ impl Cache {
         .or_else(|e| self.store_failed(e))
     }
 
-    /// The bytes of the run-cache entry for `fp`, loose or packed (not checked), and where
-    /// they were read.
-    fn run_bytes(&self, fp: &Digest) -> Option<(PathBuf, std::io::Result<Vec<u8>>)> {
+    /// The stored copies of the run-cache entry for `fp` (not checked), and where each was
+    /// read: the loose file, or else every packed copy.
+    fn run_bytes(&self, fp: &Digest) -> Vec<(PathBuf, std::io::Result<Vec<u8>>)> {
         let path = self.run_path(fp);
         match std::fs::read(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.packs.get(&self.runs_dir(), fp.as_str())
             }
-            r => Some((path, r)),
+            r => vec![(path, r)],
         }
     }
 
-    /// The bytes of a run-cache entry as stored, for a push (checked first).
-    pub fn run_entry_bytes(&self, fp: &Digest) -> Option<Vec<u8>> {
-        let (_, bytes) = self.run_bytes(fp)?;
-        let bytes = bytes.ok()?;
-        RunEntry::parse(&bytes, fp).ok().map(|_| bytes)
+    /// The bytes of a run-cache entry as stored, for a push (the first copy that checks out).
+    pub fn run_entry_bytes(&self, fp: &Digest) -> Option<(RunEntry, Vec<u8>)> {
+        self.run_bytes(fp).into_iter().find_map(|(_, bytes)| {
+            let bytes = bytes.ok()?;
+            RunEntry::parse(&bytes, fp).ok().map(|e| (e, bytes))
+        })
     }
 
     /// The run-cache entry for a fingerprint. A missing one is `None`; an unreadable or
@@ -466,33 +467,38 @@ impl Cache {
     /// is reported once and ignored, so the stage runs.
     pub fn get_run(&self, fingerprint: &str) -> Option<RunEntry> {
         let fp: Digest = fingerprint.parse().ok()?;
-        let (path, bytes) = self.run_bytes(&fp)?;
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) => {
-                warn_once(
-                    &path.to_string_lossy(),
-                    &format!("cannot read run-cache entry {}: {e}", path.display()),
-                );
-                return None;
-            }
-        };
-        match RunEntry::parse(&bytes, &fp) {
-            Ok(e) => Some(e),
-            Err(why) => {
-                warn_once(
-                    &path.to_string_lossy(),
-                    &format!(
-                        "ignoring run-cache entry {}{}: {why}; running it instead",
+        // Several copies only in packs (several processes stored it): the first that checks
+        // out wins; the refusals are reported when none does.
+        let mut refused = Vec::new();
+        for (path, bytes) in self.run_bytes(&fp) {
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    refused.push((
+                        path.to_string_lossy().into_owned(),
+                        format!("cannot read run-cache entry {}: {e}", path.display()),
+                    ));
+                    continue;
+                }
+            };
+            match RunEntry::parse(&bytes, &fp) {
+                Ok(e) => return Some(e),
+                Err(why) => refused.push((
+                    format!("{} {fp}", path.display()),
+                    format!(
+                        "ignoring run-cache entry {fp} in {}{}: {why}; running it instead",
                         path.display(),
                         stage_of(&bytes)
                             .map(|s| format!(" (stage `{s}`)"))
                             .unwrap_or_default()
                     ),
-                );
-                None
+                )),
             }
         }
+        for (key, msg) in refused {
+            warn_once(&key, &msg);
+        }
+        None
     }
 
     /// Whether every object an out needs is present (not verified: that happens on

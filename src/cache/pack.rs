@@ -61,8 +61,9 @@ pub fn line(fp: &str, json: &[u8]) -> Vec<u8> {
 
 #[derive(Default)]
 struct Index {
-    /// fingerprint → (pack, offset, length) of its JSON.
-    entries: HashMap<String, (PathBuf, u64, u64)>,
+    /// fingerprint → where its JSON is (pack, offset, length): more than one when several
+    /// processes stored it; this process's own newest first, then in the packs' order.
+    entries: HashMap<String, Vec<(PathBuf, u64, u64)>>,
     /// How far each pack was read (up to its last whole line).
     read: HashMap<PathBuf, u64>,
     refreshed: Option<Instant>,
@@ -86,9 +87,11 @@ impl Index {
             }
             let (found, whole) = scan(&bytes);
             for (fp, off, len) in found {
-                self.entries
-                    .entry(fp)
-                    .or_insert_with(|| (path.clone(), from + off, len));
+                let at = (path.clone(), from + off, len);
+                let places = self.entries.entry(fp).or_default();
+                if !places.contains(&at) {
+                    places.push(at);
+                }
             }
             self.read.insert(path, from + whole);
         }
@@ -167,18 +170,23 @@ impl Packs {
             && let Some(ix) = ix.as_mut()
         {
             ix.entries
-                .insert(fp.to_string(), (path.clone(), off + 65, json.len() as u64));
+                .entry(fp.to_string())
+                .or_default()
+                .insert(0, (path.clone(), off + 65, json.len() as u64));
             let read = ix.read.entry(path).or_insert(0);
             *read = (*read).max(end);
         }
         Ok(())
     }
 
-    /// Where the JSON of `fp` is: the pack's path and its bytes. Loads the index at the
-    /// first call; looks again on a miss at most once a second.
-    pub fn get(&self, dir: &Path, fp: &str) -> Option<(PathBuf, std::io::Result<Vec<u8>>)> {
-        let (path, off, len) = {
-            let mut ix = self.index.lock().ok()?;
+    /// Every copy of the JSON of `fp` (the caller takes the first that checks out): each
+    /// pack's path and its bytes. Loads the index at the first call; looks again on a miss
+    /// at most once a second.
+    pub fn get(&self, dir: &Path, fp: &str) -> Vec<(PathBuf, std::io::Result<Vec<u8>>)> {
+        let places = {
+            let Ok(mut ix) = self.index.lock() else {
+                return vec![];
+            };
             let ix = ix.get_or_insert_with(|| {
                 let mut i = Index::default();
                 i.refresh(dir);
@@ -187,14 +195,19 @@ impl Packs {
             if !ix.entries.contains_key(fp) && ix.refreshed.is_none_or(|t| t.elapsed() >= REFRESH) {
                 ix.refresh(dir);
             }
-            ix.entries.get(fp)?.clone()
+            ix.entries.get(fp).cloned().unwrap_or_default()
         };
-        let read = std::fs::File::open(&path).and_then(|f| {
-            let mut buf = vec![0; len as usize];
-            f.read_exact_at(&mut buf, off)?;
-            Ok(buf)
-        });
-        Some((path, read))
+        places
+            .into_iter()
+            .map(|(path, off, len)| {
+                let read = std::fs::File::open(&path).and_then(|f| {
+                    let mut buf = vec![0; len as usize];
+                    f.read_exact_at(&mut buf, off)?;
+                    Ok(buf)
+                });
+                (path, read)
+            })
+            .collect()
     }
 
     /// Every fingerprint in the packs of `dir` (looked at now).
@@ -313,15 +326,19 @@ mod tests {
         }
     }
 
+    fn bytes(got: Vec<(PathBuf, std::io::Result<Vec<u8>>)>) -> Vec<Vec<u8>> {
+        got.into_iter().map(|(_, b)| b.unwrap()).collect()
+    }
+
     #[test]
     fn entries_appended_are_found_by_this_process_and_by_a_fresh_one() {
         let t = tempfile::tempdir().unwrap();
         let a = Packs::default();
         // A miss loads the index; an append afterwards is found without looking again.
-        assert!(a.get(t.path(), &fp('a')).is_none());
+        assert!(a.get(t.path(), &fp('a')).is_empty());
         a.append(t.path(), &fp('a'), b"{\"a\":1}").unwrap();
         a.append(t.path(), &fp('b'), b"{\"b\":2}").unwrap();
-        assert_eq!(a.get(t.path(), &fp('a')).unwrap().1.unwrap(), b"{\"a\":1}");
+        assert_eq!(bytes(a.get(t.path(), &fp('a'))), [b"{\"a\":1}"]);
         assert_eq!(packs_in(t.path()).len(), 1, "one pack per process");
         // Another process's view, with a torn line at the end of a second pack.
         let mut torn = line(&fp('d'), b"{}");
@@ -331,10 +348,16 @@ mod tests {
         text.extend(torn);
         std::fs::write(&other, text).unwrap();
         let b = Packs::default();
-        assert_eq!(b.get(t.path(), &fp('b')).unwrap().1.unwrap(), b"{\"b\":2}");
-        assert_eq!(b.get(t.path(), &fp('c')).unwrap().1.unwrap(), b"{\"c\":3}");
-        assert!(b.get(t.path(), &fp('d')).is_none());
+        assert_eq!(bytes(b.get(t.path(), &fp('b'))), [b"{\"b\":2}"]);
+        assert_eq!(bytes(b.get(t.path(), &fp('c'))), [b"{\"c\":3}"]);
+        assert!(b.get(t.path(), &fp('d')).is_empty());
         assert_eq!(b.fingerprints(t.path()), [fp('a'), fp('b'), fp('c')]);
+        // Stored again by this process: its newest copy first, the other one still there.
+        b.append(t.path(), &fp('c'), b"{\"c\":4}").unwrap();
+        assert_eq!(
+            bytes(b.get(t.path(), &fp('c'))),
+            [b"{\"c\":4}".as_slice(), b"{\"c\":3}"]
+        );
     }
 
     #[test]

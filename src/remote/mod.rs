@@ -361,7 +361,7 @@ impl Remote {
                 let path = if loose.is_file() {
                     loose
                 } else {
-                    let bytes = cache.run_entry_bytes(&digest).ok_or_else(|| {
+                    let (_, bytes) = cache.run_entry_bytes(&digest).ok_or_else(|| {
                         anyhow!("run-cache entry {digest} went away during the push")
                     })?;
                     let mut tmp = tempfile::Builder::new()
