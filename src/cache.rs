@@ -2,8 +2,13 @@
 //! and run-cache entries (fingerprint → outs) that let a stale stage be restored instead of run.
 //!
 //! Layout under `cache_dir`: `objects/ab/<digest>` (read-only files), `trees/<digest>.json`
-//! (folder manifests), `runs/<fingerprint>.json` (run-cache entries). Every write is a temp
-//! file plus rename, so builds in several clones can share one cache folder safely.
+//! (folder manifests), run-cache entries in `runs/`: one pack a process (`pack-*.jsonl`, a
+//! line an entry; see [`pack`]) and loose `<fingerprint>.json` files (pulled by older pipes,
+//! or written by them). Objects and trees are written through a temp file plus rename, and
+//! a pack is appended only by the process that made it, so builds in several clones can
+//! share one cache folder safely.
+
+mod pack;
 
 use crate::hash::{self, PathHash};
 use crate::state::{Stat, StatCache};
@@ -176,6 +181,8 @@ pub struct Cache {
     /// Folder outs this process refused to store (a symlink inside leads outside the
     /// workspace): a run entry naming one is not written, so it is never restored.
     unstorable: Arc<std::sync::Mutex<std::collections::HashSet<Digest>>>,
+    /// Run-cache packs: the index of every pack, and the one this process appends to.
+    packs: Arc<pack::Packs>,
 }
 
 /// Why a write into the cache cannot work at all (rather than failed by accident): the
@@ -212,6 +219,7 @@ impl Cache {
             dir: dir.to_path_buf(),
             restore_only: Arc::new(AtomicBool::new(false)),
             unstorable: Default::default(),
+            packs: Default::default(),
         }
     }
 
@@ -244,8 +252,12 @@ impl Cache {
     pub fn tree_path(&self, digest: &Digest) -> PathBuf {
         self.dir.join("trees").join(format!("{digest}.json"))
     }
+    /// Where a loose run-cache entry is (see [`Cache::get_run`] for packed ones).
     pub fn run_path(&self, fingerprint: &Digest) -> PathBuf {
-        self.dir.join("runs").join(format!("{fingerprint}.json"))
+        self.runs_dir().join(format!("{fingerprint}.json"))
+    }
+    fn runs_dir(&self) -> PathBuf {
+        self.dir.join("runs")
     }
     /// Where writers put temporary files (named after their pid, swept once it is dead).
     pub fn tmp_dir(&self) -> PathBuf {
@@ -418,8 +430,36 @@ impl Cache {
         if refused {
             return Ok(());
         }
-        self.write_file(&self.run_path(&fp), &serde_json::to_vec_pretty(entry)?)
-            .or_else(|e| self.store_failed(e))
+        let json = serde_json::to_vec(entry)?;
+        let dir = self.runs_dir();
+        crate::fsutil::remaking_dirs(&[&dir], || {
+            crate::fsutil::ensure_dir(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            self.packs
+                .append(&dir, fp.as_str(), &json)
+                .with_context(|| format!("cannot store a run-cache entry in {}", dir.display()))
+        })
+        .or_else(|e| self.store_failed(e))
+    }
+
+    /// The stored copies of the run-cache entry for `fp` (not checked), and where each was
+    /// read: the loose file, or else every packed copy.
+    fn run_bytes(&self, fp: &Digest) -> Vec<(PathBuf, std::io::Result<Vec<u8>>)> {
+        let path = self.run_path(fp);
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.packs.get(&self.runs_dir(), fp.as_str())
+            }
+            r => vec![(path, r)],
+        }
+    }
+
+    /// The bytes of a run-cache entry as stored, for a push (the first copy that checks out).
+    pub fn run_entry_bytes(&self, fp: &Digest) -> Option<(RunEntry, Vec<u8>)> {
+        self.run_bytes(fp).into_iter().find_map(|(_, bytes)| {
+            let bytes = bytes.ok()?;
+            RunEntry::parse(&bytes, fp).ok().map(|e| (e, bytes))
+        })
     }
 
     /// The run-cache entry for a fingerprint. A missing one is `None`; an unreadable or
@@ -427,34 +467,38 @@ impl Cache {
     /// is reported once and ignored, so the stage runs.
     pub fn get_run(&self, fingerprint: &str) -> Option<RunEntry> {
         let fp: Digest = fingerprint.parse().ok()?;
-        let path = self.run_path(&fp);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                warn_once(
-                    &path.to_string_lossy(),
-                    &format!("cannot read run-cache entry {}: {e}", path.display()),
-                );
-                return None;
-            }
-        };
-        match RunEntry::parse(&bytes, &fp) {
-            Ok(e) => Some(e),
-            Err(why) => {
-                warn_once(
-                    &path.to_string_lossy(),
-                    &format!(
-                        "ignoring run-cache entry {}{}: {why}; running it instead",
+        // Several copies only in packs (several processes stored it): the first that checks
+        // out wins; the refusals are reported when none does.
+        let mut refused = Vec::new();
+        for (path, bytes) in self.run_bytes(&fp) {
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    refused.push((
+                        path.to_string_lossy().into_owned(),
+                        format!("cannot read run-cache entry {}: {e}", path.display()),
+                    ));
+                    continue;
+                }
+            };
+            match RunEntry::parse(&bytes, &fp) {
+                Ok(e) => return Some(e),
+                Err(why) => refused.push((
+                    format!("{} {fp}", path.display()),
+                    format!(
+                        "ignoring run-cache entry {fp} in {}{}: {why}; running it instead",
                         path.display(),
                         stage_of(&bytes)
                             .map(|s| format!(" (stage `{s}`)"))
                             .unwrap_or_default()
                     ),
-                );
-                None
+                )),
             }
         }
+        for (key, msg) in refused {
+            warn_once(&key, &msg);
+        }
+        None
     }
 
     /// Whether every object an out needs is present (not verified: that happens on
@@ -883,18 +927,34 @@ impl Tree {
 impl Cache {
     /// Every run-cache entry in the local cache.
     pub fn all_runs(&self) -> Vec<RunEntry> {
-        let Ok(rd) = std::fs::read_dir(self.dir.join("runs")) else {
-            return vec![];
-        };
-        rd.filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .map(str::to_string)
+        let mut fps: std::collections::BTreeSet<String> = std::fs::read_dir(self.runs_dir())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".json"))
+                            .map(str::to_string)
+                    })
+                    .collect()
             })
-            .filter_map(|fp| self.get_run(&fp))
-            .collect()
+            .unwrap_or_default();
+        fps.extend(self.packs.fingerprints(&self.runs_dir()));
+        fps.iter().filter_map(|fp| self.get_run(fp)).collect()
+    }
+
+    /// `pipe gc`: drop the packed entries `keep` does not name, merging the packs of
+    /// processes that are gone into one (see [`pack::gc`]). Returns the entries and bytes
+    /// dropped.
+    pub fn gc_packs(&self, keep: &dyn Fn(&str) -> bool, dry_run: bool) -> Result<(usize, u64)> {
+        let swept = pack::gc(&self.runs_dir(), &self.tmp_dir(), keep, dry_run)
+            .with_context(|| format!("cannot compact {}", self.runs_dir().display()))?;
+        Ok((swept.entries, swept.bytes))
+    }
+
+    /// Whether a file name in `runs/` is a pack (not a loose entry).
+    pub fn is_pack(name: &str) -> bool {
+        pack::is_pack(name)
     }
 }
 

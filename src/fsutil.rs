@@ -506,9 +506,7 @@ impl Layout {
     pub fn stat_cache(&self) -> PathBuf {
         self.state().join("stat.bin")
     }
-    pub fn running_marker(&self, stage: &str) -> PathBuf {
-        self.state().join("running").join(marker_name(stage))
-    }
+    /// Where an older pipe kept one running marker per stage (see `record::markers`).
     pub fn running_dir(&self) -> PathBuf {
         self.state().join("running")
     }

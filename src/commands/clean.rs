@@ -30,6 +30,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &CleanArgs) -> Result<i32> {
     let mut lock = crate::lockfile::LockFile::load_for(&p.layout)?;
     let verb = if a.dry_run { "Would remove" } else { "Removed" };
     let (mut outs, mut entries) = (0, 0);
+    let mut cleared = Vec::new();
     for &i in &p.order {
         if !chosen.contains(&i) {
             continue;
@@ -52,9 +53,10 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &CleanArgs) -> Result<i32> {
                 lock.stages.remove(&s.name);
             }
         }
-        if !a.dry_run {
-            crate::record::markers::remove(&p.layout, &s.name);
-        }
+        cleared.push(s.name.clone());
+    }
+    if !a.dry_run {
+        crate::record::markers::clear(&p.layout, &cleared)?;
     }
     if !a.dry_run && entries > 0 {
         crate::fsutil::atomic_write(&p.layout.lockfile(), lock.render().as_bytes())?;

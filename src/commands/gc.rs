@@ -209,12 +209,20 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
                 }
                 continue;
             }
+            if sub == "runs" && Cache::is_pack(&name) {
+                continue;
+            }
             let stem = name.trim_end_matches(".json");
             if !set.contains(stem) {
                 remove(&f);
             }
         }
     }
+    // Packed run-cache entries: the packs of finished processes are merged into one
+    // without the entries nothing references (a live build's pack is left alone).
+    let (n, b) = cache.gc_packs(&|fp| keep.runs.contains(fp), a.dry_run)?;
+    removed += n;
+    bytes += b;
     if a.json {
         crate::output::print_json(&serde_json::json!({
             "dry_run": a.dry_run,

@@ -52,28 +52,27 @@ pub fn rows(p: &crate::graph::Pipeline, targets: &[String]) -> Result<(Vec<Row>,
     // Stages a live build is running now are `running`, not `incomplete`.
     let live = crate::wslock::live_holder(&p.layout).and_then(|h| h.run_id.map(|r| (r, h.pid)));
     let mut running = std::collections::BTreeMap::new();
-    let mut incomplete = crate::record::markers::incomplete(p);
+    let open = crate::record::markers::all(&p.layout);
+    let mut incomplete = crate::record::markers::of_pipeline(p, &open);
     if let Some((run_id, pid)) = &live {
-        incomplete.retain(
-            |stage| match crate::record::markers::read(&p.layout, stage) {
-                Some(m) if &m.run_id == run_id => {
-                    let elapsed_s = m
-                        .since
-                        .and_then(|t| t.elapsed().ok())
-                        .map_or(0.0, |d| d.as_secs_f64());
-                    running.insert(
-                        stage.clone(),
-                        Running {
-                            run_id: run_id.clone(),
-                            elapsed_s,
-                            pid: *pid,
-                        },
-                    );
-                    false
-                }
-                _ => true,
-            },
-        );
+        incomplete.retain(|stage| match open.get(stage) {
+            Some(m) if &m.run_id == run_id => {
+                let elapsed_s = m
+                    .since
+                    .and_then(|t| t.elapsed().ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                running.insert(
+                    stage.clone(),
+                    Running {
+                        run_id: run_id.clone(),
+                        elapsed_s,
+                        pid: *pid,
+                    },
+                );
+                false
+            }
+            _ => true,
+        });
     }
     let rel = crate::record::release::ReleaseState::load(&p.layout.state());
     let planned = plan::upfront(

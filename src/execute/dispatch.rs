@@ -56,6 +56,8 @@ pub struct Dispatch<'a> {
     pub stream: bool,
     /// Run history: how long each stage's last successful run took.
     pub index: &'a crate::record::history::Index,
+    /// The build's running markers.
+    pub journal: Arc<markers::Journal>,
 }
 
 /// What the dispatcher keeps about stages while they are in flight.
@@ -251,15 +253,17 @@ impl Dispatch<'_> {
     /// into its running marker as they start.
     fn control(&self, stage: &str) -> Control {
         let wd = self.watchdog.clone();
-        let layout = self.p.layout.clone();
-        let (stage, run_id) = (stage.to_string(), self.rec.run_id.clone());
+        let journal = self.journal.clone();
+        let stage = stage.to_string();
         Control {
             on_group: Some(Box::new(move |e| match e {
                 GroupEvent::Started(pg) => {
                     if let Some(w) = &wd {
                         w.register(pg);
                     }
-                    let _ = markers::write(&layout, &stage, &run_id, Some(Recorded::of(pg)));
+                    if let Err(e) = journal.start(&stage, Some(Recorded::of(pg))) {
+                        tracing::warn!("{e:#}");
+                    }
                 }
                 GroupEvent::Ended(pg) => {
                     if let Some(w) = &wd {

@@ -56,16 +56,10 @@ pub struct BuildOptions {
 /// Before anything runs: a stage whose earlier run left processes alive (pipe and its
 /// watchdog were both killed) has them stopped first, with one line saying so. Whether
 /// any was stopped.
-fn stop_leftovers(
-    p: &Pipeline,
-    incomplete: &std::collections::BTreeSet<String>,
-    rep: &Reporter,
-) -> bool {
+fn stop_leftovers(p: &Pipeline, open: &BTreeMap<String, markers::Marker>, rep: &Reporter) -> bool {
     let mut stopped = false;
-    for stage in incomplete {
-        let Some(m) = markers::read(&p.layout, stage) else {
-            continue;
-        };
+    for stage in markers::of_pipeline(p, open) {
+        let m = &open[&stage];
         if let Some(g) = m.group
             && g.is_alive()
         {
@@ -235,8 +229,10 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
     })?;
     // Read the lock now that we hold the workspace: a build we waited for may have changed it.
     let lock = crate::lockfile::LockFile::load_for(&p.layout)?;
-    let incomplete = markers::incomplete(p);
-    if stop_leftovers(p, &incomplete, rep) || waited {
+    // Earlier builds' journals fold into one file of the stages they left cut off.
+    let open = markers::compact(&p.layout)?;
+    let incomplete = markers::of_pipeline(p, &open);
+    if stop_leftovers(p, &open, rep) || waited {
         // Another build, or what a dead one left running, may have written the workspace
         // since the pipeline was loaded.
         p.stats.forget_all();
@@ -268,6 +264,11 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
     record::mark_crashed(&p.layout.runs);
     let rec = Recorder::start(&p.layout.runs)?;
     ws.set_run(&rec.run_id)?;
+    let journal = std::sync::Arc::new(markers::Journal::new(
+        &p.layout,
+        &rec.run_id,
+        open.into_keys(),
+    ));
     let git = record::git_info(&p.root);
     let manifest = Manifest {
         version: record::MANIFEST_VERSION,
@@ -287,7 +288,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         stages: BTreeMap::new(),
     };
     let mut index = Index::load(&p.layout.state());
-    let mut ledger = Ledger::open(p, &rec, lock.clone(), manifest)?;
+    let mut ledger = Ledger::open(p, &rec, &journal, lock.clone(), manifest)?;
     let mut events = EventLog::open(&rec)?;
     let live = rep.live();
     let ended = {
@@ -321,6 +322,7 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
             watchdog: watchdog.clone(),
             index: &index,
             stream: opts.follow || live,
+            journal: journal.clone(),
         };
         let ended = dispatch.run(&mut bus);
         let (status, code) = match &ended {
@@ -349,6 +351,10 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         index.update(ledger.manifest());
         let _ = index.save(&p.layout.state());
         history::prune(&p.layout.runs, &p.layout.state(), p.keep_runs.max(1));
+    }
+    // Still holding the workspace: what this build ended leaves the carried markers.
+    if let Err(e) = journal.close() {
+        rep.warn(&format!("{e:#}"));
     }
     if let Some(w) = watchdog.and_then(std::sync::Arc::into_inner) {
         w.dismiss();

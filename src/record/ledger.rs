@@ -18,6 +18,7 @@ pub const LOCK_WRITE_EVERY: Duration = Duration::from_millis(200);
 pub struct Ledger<'a> {
     p: &'a Pipeline,
     rec: &'a Recorder,
+    journal: &'a markers::Journal,
     lock: LockFile,
     render: RenderCache,
     dirty: bool,
@@ -32,6 +33,7 @@ impl<'a> Ledger<'a> {
     pub fn open(
         p: &'a Pipeline,
         rec: &'a Recorder,
+        journal: &'a markers::Journal,
         lock: LockFile,
         manifest: Manifest,
     ) -> Result<Ledger<'a>> {
@@ -39,6 +41,7 @@ impl<'a> Ledger<'a> {
         Ok(Ledger {
             p,
             rec,
+            journal,
             lock,
             render: RenderCache::default(),
             dirty: false,
@@ -99,7 +102,7 @@ impl<'a> Ledger<'a> {
             self.dirty = true;
             self.flush(false)?;
         }
-        markers::remove(&self.p.layout, stage);
+        self.journal.end(stage);
         let metrics = self.read_metrics(stage);
         let r = self.record(stage);
         r.outs = outs;
@@ -193,7 +196,7 @@ impl Sink for Ledger<'_> {
                     .stage(stage)
                     .is_none_or(|s| s.executor == crate::graph::ExecutorKind::Local);
                 if !local {
-                    markers::write(&self.p.layout, stage, &self.rec.run_id, None)?;
+                    self.journal.start(stage, None)?;
                 }
             }
             Event::StageOk {
@@ -234,7 +237,7 @@ impl Sink for Ledger<'_> {
             } => {
                 // An interrupted stage keeps its marker: the next build reruns it.
                 if !interrupted {
-                    markers::remove(&self.p.layout, stage);
+                    self.journal.end(stage);
                 }
                 self.pending.remove(stage);
                 self.log_if_any(stage, false);

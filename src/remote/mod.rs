@@ -352,13 +352,27 @@ impl Remote {
             // Entries and release manifests last, once every object is there: a remote
             // entry or manifest must never point at objects not yet uploaded.
             let mut last = Vec::new();
+            // A packed entry is uploaded from a temporary file of its own bytes: the remote
+            // keeps one file per entry.
+            let mut unpacked = Vec::new();
             for e in &entries {
                 let digest = e.fingerprint.parse::<Digest>().map_err(|e| anyhow!(e))?;
-                last.push((
-                    format!("runs/{digest}.json"),
-                    cache.run_path(&digest),
-                    false,
-                ));
+                let loose = cache.run_path(&digest);
+                let path = if loose.is_file() {
+                    loose
+                } else {
+                    let (_, bytes) = cache.run_entry_bytes(&digest).ok_or_else(|| {
+                        anyhow!("run-cache entry {digest} went away during the push")
+                    })?;
+                    let mut tmp = tempfile::Builder::new()
+                        .prefix(&format!(".pipe-tmp-{}", crate::fsutil::tmp_tag()))
+                        .tempfile_in(cache.prepare_tmp()?)?;
+                    std::io::Write::write_all(&mut tmp, &bytes)?;
+                    let path = tmp.path().to_path_buf();
+                    unpacked.push(tmp);
+                    path
+                };
+                last.push((format!("runs/{digest}.json"), path, false));
             }
             for (rel, path) in &shipped {
                 last.push((rel.clone(), path.to_path_buf(), true));

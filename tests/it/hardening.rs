@@ -76,6 +76,20 @@ fn tamper_runs(ws: &Ws, f: impl Fn(&mut serde_json::Value)) {
     let entries = run_entries(ws);
     assert!(!entries.is_empty(), "no run-cache entry to tamper with");
     for p in entries {
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("pack-") {
+            // A pack: a line `<fingerprint> <entry JSON>` each.
+            let text = std::fs::read_to_string(&p).unwrap();
+            let mut out = String::new();
+            for line in text.lines() {
+                let (fp, json) = line.split_once(' ').unwrap();
+                let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+                f(&mut v);
+                out += &format!("{fp} {}\n", serde_json::to_string(&v).unwrap());
+            }
+            std::fs::write(&p, out).unwrap();
+            continue;
+        }
         let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         f(&mut v);
         std::fs::write(&p, serde_json::to_vec_pretty(&v).unwrap()).unwrap();

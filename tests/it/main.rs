@@ -30,6 +30,8 @@ mod operations;
 /// Exact output (insta snapshots in snapshots/): the status table, the build summary, the
 /// dry-run plan, the main validation errors.
 mod output;
+/// Files written once per build: the journal of running markers, the run-cache pack.
+mod per_build;
 /// Run records, quality gates, releases and rollback, and the views of them.
 mod records;
 /// Releases that stick: sticky overrides, manifests with the story, rollbacks, clean.

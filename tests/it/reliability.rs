@@ -163,14 +163,12 @@ fn kill_9_during_each_stage_then_rebuild_reruns_what_was_cut_off() {
     ws.pipe(&["status"]).ok();
     ws.pipe(&["build"]).ok();
     assert_eq!(ws.count("runs_a.txt"), 3, "a no-op build runs nothing");
-    assert!(
-        !ws.path(".pipe/state/running").exists()
-            || std::fs::read_dir(ws.path(".pipe/state/running"))
-                .unwrap()
-                .next()
-                .is_none(),
-        "no stage is left marked as running"
-    );
+    for dir in [".pipe/state/running", ".pipe/state/journal"] {
+        assert!(
+            !ws.path(dir).exists() || std::fs::read_dir(ws.path(dir)).unwrap().next().is_none(),
+            "no stage is left marked as running ({dir})"
+        );
+    }
 }
 
 #[test]
@@ -710,24 +708,40 @@ outs = ["out.txt"]
     ws.write("w/in.txt", "hello\n");
     ws.pipe(&["-C", "w", "build"]).ok();
     // Someone with write access to a shared cache renames the out to a path outside.
-    let runs = cache_files(&ws, "runs");
-    assert_eq!(runs.len(), 1);
+    assert_eq!(cache_files(&ws, "runs").len(), 1);
     let absolute = ws.path("abs_escape.txt").display().to_string();
     for (k, evil) in ["../escape.txt", absolute.as_str(), "in.txt"]
         .into_iter()
         .enumerate()
     {
-        let text = std::fs::read_to_string(&runs[0]).unwrap();
-        let mut entry: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let outs = entry["outs"].as_object_mut().unwrap();
-        let (_, v) = outs
-            .iter()
-            .next()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .unwrap();
-        outs.clear();
-        outs.insert(evil.to_string(), v);
-        std::fs::write(&runs[0], serde_json::to_vec(&entry).unwrap()).unwrap();
+        // Every stored copy (each build that ran the stage packed one).
+        let tamper = |json: &str| {
+            let mut entry: serde_json::Value = serde_json::from_str(json).unwrap();
+            let outs = entry["outs"].as_object_mut().unwrap();
+            let (_, v) = outs
+                .iter()
+                .next()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .unwrap();
+            outs.clear();
+            outs.insert(evil.to_string(), v);
+            serde_json::to_string(&entry).unwrap()
+        };
+        for f in cache_files(&ws, "runs") {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            let new = if name.starts_with("pack-") {
+                text.lines()
+                    .map(|l| {
+                        let (fp, json) = l.split_once(' ').unwrap();
+                        format!("{fp} {}\n", tamper(json))
+                    })
+                    .collect()
+            } else {
+                tamper(&text)
+            };
+            std::fs::write(&f, new).unwrap();
+        }
         std::fs::remove_file(ws.path("w/out.txt")).unwrap();
         let r = ws.pipe(&["-C", "w", "build"]);
         assert!(
