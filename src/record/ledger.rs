@@ -189,15 +189,11 @@ impl Sink for Ledger<'_> {
                 self.manifest.stages.insert(stage.clone(), r);
             }
             Event::StageStart { stage, .. } => {
-                // A local command's marker is written once its process group exists (with
-                // the group); a Slurm job has no local group, so its marker is written now.
-                let local = self
-                    .p
-                    .stage(stage)
-                    .is_none_or(|s| s.executor == crate::graph::ExecutorKind::Local);
-                if !local {
-                    self.journal.start(stage, None)?;
-                }
+                // Before anything starts: a kill from here on leaves the stage incomplete,
+                // even in the instant between a local command's start and the line naming
+                // its process group (written by the dispatcher once the group exists; the
+                // last `start` line of a stage wins). A Slurm job has no local group.
+                self.journal.start(stage, None)?;
             }
             Event::StageOk {
                 stage,
