@@ -806,10 +806,7 @@ fn link_inside(root: &Path, rel: &str, target: &str) -> Result<()> {
 
 /// An out that is (or sits under) a symlink leading outside the workspace is refused.
 fn no_escape(root: &Path, rel: &str) -> Result<()> {
-    let full = root.join(rel);
-    if let Ok(real) = full.canonicalize()
-        && !real.starts_with(canonical_root(root))
-    {
+    if let Some(real) = crate::fsutil::escapes(root, rel) {
         bail!(
             "out `{rel}` resolves to {} through a symlink, outside the workspace; refusing to store it",
             real.display()

@@ -280,10 +280,7 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
 
 /// An out that is (or sits under) a symlink leading outside the workspace is refused.
 fn check_no_escape(root: &Path, rel: &str) -> Result<(), StageFailure> {
-    let full = root.join(rel);
-    if let Ok(real) = full.canonicalize()
-        && !real.starts_with(root)
-    {
+    if let Some(real) = crate::fsutil::escapes(root, rel) {
         return Err(StageFailure::Outs {
             error: format!(
                 "out `{rel}` resolves to {} through a symlink, outside the workspace; refusing it",
