@@ -295,11 +295,13 @@ w2() {
     "$RESET" .pipe Pipeline.lock out all.txt
     strace -f -e trace=openat,mkdir,rename,unlink,clone,clone3,execve -o "$WORK/w2.strace" \
         "$PIPE" -q build -j 2 >/dev/null 2>&1 || true
-    local created mkdirs threads
+    local created logs objects mkdirs threads
     created=$(grep 'O_CREAT' "$WORK/w2.strace" | grep -vc '"out/\|all.txt"' || true)
+    logs=$(grep 'O_CREAT' "$WORK/w2.strace" | grep -c '/logs/[^"]*\.log"' || true)
+    objects=$(grep 'O_CREAT' "$WORK/w2.strace" | grep -c '/cache/tmp/' || true)
     mkdirs=$(grep -c 'mkdir(' "$WORK/w2.strace" || true)
     threads=$(grep -c 'CLONE_THREAD' "$WORK/w2.strace" || true)
-    note "- W2 first build under strace: pipe created $created files besides the outs ($(python3 -c "print(round($created / ($W2_STAGES + 1), 2))") per stage: the stage's log, its cache object and run-cache entry through a temporary file each, its running marker; plus the lock, records and snapshots), made $mkdirs mkdir calls and started $threads threads for $((W2_STAGES + 1)) stages."
+    note "- W2 first build under strace: pipe created $created files besides the outs for $((W2_STAGES + 1)) stages ($(python3 -c "print(round($created / ($W2_STAGES + 1), 2))") per stage): $logs stage logs, $objects cache objects (each through a temporary file) and $((created - logs - objects)) files of the build itself (the lock's rewrites, once a second, the run's records, the markers' journal, the run-cache pack, the stat cache). It made $mkdirs mkdir calls and started $threads threads."
 
     # Features on: the same pipeline with a hook and \`--follow\` (streaming every line),
     # against the plain build above; history (run records, pruning) is always on.
