@@ -274,6 +274,19 @@ pub fn tmp_writer_dead(name: &str) -> bool {
     tmp_writer(name) == TmpWriter::Dead
 }
 
+/// Whether the writer of the file `name` at `path` (tagged as [`tmp_writer`] reads) is gone:
+/// dead on this machine, or (no tag, or another machine's) the file untouched for a day. A
+/// live writer's file never is.
+pub fn writer_gone(path: &Path, name: &str) -> bool {
+    match tmp_writer(name) {
+        TmpWriter::Dead => true,
+        TmpWriter::Alive => false,
+        TmpWriter::Unknown => std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 24 * 3600)),
+    }
+}
+
 /// Remove the entries of `dir` (files or folders) whose writer is dead. Returns how many
 /// and how many bytes.
 pub fn sweep_tmp(dir: &Path, dry_run: bool) -> (usize, u64) {

@@ -563,25 +563,10 @@ pub fn upfront(
     Ok(all.unwrap_or_default())
 }
 
-/// [`upfront`] when no selected stage needs attention (a build would be a no-op); `None` as
-/// soon as one does, without judging the rest.
+/// [`upfront`], or with `stop_at_attention` (is a build a no-op?) `None` as soon as a
+/// selected stage needs attention, without judging the rest.
 #[allow(clippy::too_many_arguments)]
-pub fn all_fresh(
-    p: &Pipeline,
-    selected: &BTreeSet<usize>,
-    lock: &LockFile,
-    planner: &Planner,
-    forced: &BTreeSet<usize>,
-    incomplete: &BTreeSet<String>,
-    releases: &dyn Releases,
-) -> Result<Option<Vec<Planned>>> {
-    upfront_until(
-        p, selected, lock, planner, forced, incomplete, releases, true,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn upfront_until(
+pub fn upfront_until(
     p: &Pipeline,
     selected: &BTreeSet<usize>,
     lock: &LockFile,

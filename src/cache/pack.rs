@@ -252,7 +252,7 @@ pub fn gc(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if !writer_gone(&path, &name) {
+        if !crate::fsutil::writer_gone(&path, &name) {
             continue;
         }
         let bytes = std::fs::read(&path)?;
@@ -284,19 +284,6 @@ pub fn gc(
         std::fs::remove_file(p)?;
     }
     Ok(swept)
-}
-
-/// Whether the process that appended to a pack is gone: dead on this machine, or (no tag,
-/// another machine's) the pack untouched for a day.
-fn writer_gone(path: &Path, name: &str) -> bool {
-    use crate::fsutil::TmpWriter;
-    match crate::fsutil::tmp_writer(name) {
-        TmpWriter::Dead => true,
-        TmpWriter::Alive => false,
-        TmpWriter::Unknown => std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 24 * 3600)),
-    }
 }
 
 #[cfg(test)]

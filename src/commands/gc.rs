@@ -62,20 +62,6 @@ fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// A temporary file in the cache's folders: litter when its writer is known dead; one
-/// without a writer tag (older pipe versions) or from another machine only once it is a
-/// day old; a live writer's never.
-fn stale_tmp(path: &Path, name: &str) -> bool {
-    use crate::fsutil::TmpWriter;
-    match crate::fsutil::tmp_writer(name) {
-        TmpWriter::Dead => true,
-        TmpWriter::Alive => false,
-        TmpWriter::Unknown => std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 24 * 3600)),
-    }
-}
-
 pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
     let p = ctx.load(&[])?;
     let cache = Cache::new(&p.layout.cache);
@@ -190,7 +176,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         if name.starts_with('.') {
-            if stale_tmp(&f, &name) {
+            if crate::fsutil::writer_gone(&f, &name) {
                 remove(&f);
             }
         } else if !keep.objects.contains(&format!("{prefix}{name}")) {
@@ -204,7 +190,7 @@ pub fn run(ctx: &Ctx, rep: &Reporter, a: &GcArgs) -> Result<i32> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if name.starts_with('.') {
-                if stale_tmp(&f, &name) {
+                if crate::fsutil::writer_gone(&f, &name) {
                     remove(&f);
                 }
                 continue;

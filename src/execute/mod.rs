@@ -75,7 +75,7 @@ fn stop_leftovers(p: &Pipeline, open: &BTreeMap<String, markers::Marker>, rep: &
 }
 
 /// A build with nothing to do keeps no books. When every selected stage is fresh, as
-/// `status` would say (the same [`plan`]), it opens no run folder, event log or manifest and
+/// `status` would say (the same [`plan::upfront_until`]), it opens no run folder, event log or manifest and
 /// writes nothing but the stat cache: the stages' verdicts go to the terminal and the
 /// summary. Whatever could make a build with fresh stages write something takes the full
 /// path instead: `--force`, `--pull` / `--push`, gate overrides, gated or release stages,
@@ -110,7 +110,7 @@ fn noop(
         remote: None,
     };
     let rel = crate::record::release::ReleaseState::load(&p.layout.state());
-    let Some(planned) = plan::all_fresh(
+    let Some(planned) = plan::upfront_until(
         p,
         &sel.selected,
         lock,
@@ -118,6 +118,7 @@ fn noop(
         &sel.forced,
         incomplete,
         &rel,
+        true,
     )?
     else {
         return Ok(None);
