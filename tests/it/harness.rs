@@ -564,3 +564,20 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The pid a stage wrote into `rel`, once it is there.
+pub fn pid_in(ws: &Ws, rel: &str) -> Option<i32> {
+    std::fs::read_to_string(ws.path(rel))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Wait for a stage to write its pid into `rel`, and return it.
+pub fn wait_pid(ws: &Ws, rel: &str) -> i32 {
+    wait_until(&format!("{rel} to be written"), || {
+        pid_in(ws, rel).is_some()
+    });
+    pid_in(ws, rel).unwrap()
+}

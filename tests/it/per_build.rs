@@ -4,21 +4,6 @@
 
 use crate::harness::*;
 
-fn pid_in(ws: &Ws, rel: &str) -> Option<i32> {
-    std::fs::read_to_string(ws.path(rel))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn wait_pid(ws: &Ws, rel: &str) -> i32 {
-    wait_until(&format!("{rel} to be written"), || {
-        pid_in(ws, rel).is_some()
-    });
-    pid_in(ws, rel).unwrap()
-}
-
 /// The fields of /proc/PID/stat after the command name: state, ppid, pgrp, session, ...
 fn stat_fields(pid: i32) -> Option<Vec<i64>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -14,21 +14,6 @@ outs = ["model.bin"]
 persist = true
 "#;
 
-fn pid_in(ws: &Ws, rel: &str) -> Option<i32> {
-    std::fs::read_to_string(ws.path(rel))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn wait_pid(ws: &Ws, rel: &str) -> i32 {
-    wait_until(&format!("{rel} to be written"), || {
-        pid_in(ws, rel).is_some()
-    });
-    pid_in(ws, rel).unwrap()
-}
-
 /// Belt and braces for a failing test: never leave the process behind.
 fn reap(pid: i32) {
     if alive(pid) {
