@@ -27,6 +27,10 @@ pub struct FileHash {
     pub mode: u32,
 }
 
+/// Files a walk found, as runs whose concatenation is in ascending path order (a run per
+/// folder, split around its subfolders): hashed in place without a copy or a sort.
+type Runs = Vec<Vec<(String, Stat)>>;
+
 /// One file inside a folder or glob, relative to that folder (or the workspace for globs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -232,15 +236,10 @@ impl<'a> Hasher<'a> {
     }
 
     /// Files under a workspace-relative folder (never `.git` or `.pipe`), optionally filtered
-    /// by a glob over workspace-relative paths. Folders are listed in parallel, each entry
-    /// stat'ed relative to its folder (no full-path lookup per file); symlinks are followed
-    /// and a link back to a folder being listed is an error. Order is not significant: the
-    /// caller sorts.
-    fn walk(
-        &self,
-        rel_dir: &str,
-        glob: Option<&globset::GlobMatcher>,
-    ) -> Result<Vec<(String, Stat)>> {
+    /// by a glob over workspace-relative paths, as [`Runs`]. Folders are listed in parallel,
+    /// each entry stat'ed relative to its folder (no full-path lookup per file); symlinks are
+    /// followed and a link back to a folder being listed is an error.
+    fn walk(&self, rel_dir: &str, glob: Option<&globset::GlobMatcher>) -> Result<Runs> {
         let dir = if rel_dir.is_empty() {
             self.root.clone()
         } else {
@@ -248,9 +247,7 @@ impl<'a> Hasher<'a> {
         };
         let meta =
             std::fs::metadata(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
-        let mut out = Vec::new();
-        self.walk_dir(rel_dir, &dir, &[(meta.dev(), meta.ino())], glob, &mut out)?;
-        Ok(out)
+        self.walk_dir(rel_dir, &dir, &[(meta.dev(), meta.ino())], glob)
     }
 
     fn walk_dir(
@@ -259,10 +256,9 @@ impl<'a> Hasher<'a> {
         dir: &Path,
         ancestors: &[(u64, u64)],
         glob: Option<&globset::GlobMatcher>,
-        out: &mut Vec<(String, Stat)>,
-    ) -> Result<()> {
+    ) -> Result<Runs> {
         let list = || format!("cannot list {}", dir.display());
-        let start = out.len();
+        let mut files: Vec<(String, Stat)> = Vec::new();
         let mut subdirs: Vec<(String, PathBuf, (u64, u64))> = Vec::new();
         for entry in std::fs::read_dir(dir).with_context(list)? {
             let entry = entry.with_context(list)?;
@@ -296,65 +292,85 @@ impl<'a> Hasher<'a> {
                         entry.path().display()
                     );
                 }
+                // Its files sort as `rel/…`: the key among its siblings is `rel/`.
+                rel.push('/');
                 subdirs.push((rel, entry.path(), id));
             } else if meta.is_file() && glob.is_none_or(|g| g.is_match(&rel)) {
-                out.push((rel, Stat::of(&meta)));
+                files.push((rel, Stat::of(&meta)));
             }
         }
-        // Sorted per folder, so the caller's sort of the whole list finds it (nearly) sorted.
-        out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         subdirs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let nested: Vec<Vec<(String, Stat)>> = subdirs
-            .into_par_iter()
-            .map(|(rel, path, id)| {
+        let nested: Vec<Runs> = subdirs
+            .par_iter()
+            .map(|(key, path, id)| {
                 let mut chain = ancestors.to_vec();
-                chain.push(id);
-                let mut v = Vec::new();
-                self.walk_dir(&rel, &path, &chain, glob, &mut v)?;
-                Ok(v)
+                chain.push(*id);
+                self.walk_dir(&key[..key.len() - 1], path, &chain, glob)
             })
             .collect::<Result<_>>()?;
-        out.reserve(nested.iter().map(Vec::len).sum());
-        for mut v in nested {
-            out.append(&mut v);
+        // Each folder's runs go where `rel/` falls among this folder's files: the runs stay
+        // in ascending order, and only a folder holding both files and folders splits its
+        // list of files.
+        let mut runs = Runs::new();
+        let mut rest = files;
+        for ((key, _, _), sub) in subdirs.iter().zip(nested) {
+            let at = rest.partition_point(|f| f.0.as_str() < key.as_str());
+            if at > 0 {
+                let tail = rest.split_off(at);
+                runs.push(std::mem::replace(&mut rest, tail));
+            }
+            runs.extend(sub);
         }
-        Ok(())
+        if !rest.is_empty() {
+            runs.push(rest);
+        }
+        Ok(runs)
     }
 
-    /// Hash listed files in parallel into a folder hash, paths made relative to `strip`.
-    fn files(&self, mut files: Vec<(String, Stat)>, strip: &str) -> Result<PathHash> {
-        // Ascending order (the walk's output is nearly sorted: cheap), so each worker's
-        // stat cache lookups run along the sorted cache instead of searching it.
-        files.sort_by(|a, b| a.0.cmp(&b.0));
-        // Written in place into one vector of the exact size (collecting `Result`s would
-        // gather chunks and copy them); the first error is kept aside and returned.
+    /// Hash the files of a walk in parallel into a folder hash, paths made relative to
+    /// `strip`. The runs are in ascending order (each worker's stat cache lookups run along
+    /// the sorted cache instead of searching it), and each is hashed straight into its place
+    /// in one vector of the exact size: no copy of the listing, no sort.
+    fn files(&self, runs: Runs, strip: &str) -> Result<PathHash> {
+        let total = runs.iter().map(Vec::len).sum();
+        let mut entries: Vec<Entry> = Vec::with_capacity(total);
+        entries.resize_with(total, || Entry {
+            rel: String::new(),
+            hash: FileHash {
+                digest: blake3::Hash::from_bytes([0; 32]),
+                size: 0,
+                mode: 0,
+            },
+        });
+        let mut places: Vec<&mut [Entry]> = Vec::with_capacity(runs.len());
+        let mut free = entries.as_mut_slice();
+        for r in &runs {
+            let (place, after) = free.split_at_mut(r.len());
+            places.push(place);
+            free = after;
+        }
+        // The first error is kept aside and returned.
         let failed: std::sync::Mutex<Option<anyhow::Error>> = Default::default();
-        let mut entries: Vec<Entry> = Vec::new();
-        files
-            .into_par_iter()
-            .map_init(
+        runs.into_par_iter().zip(places).for_each(|(run, place)| {
+            run.into_par_iter().zip(place.par_iter_mut()).for_each_init(
                 || 0usize,
-                |hint, (mut rel, stat)| {
-                    let hash = match self.file_with(&rel, stat, hint) {
-                        Ok(h) => h,
+                |hint, ((mut rel, stat), slot)| {
+                    match self.file_with(&rel, stat, hint) {
+                        Ok(hash) => slot.hash = hash,
                         Err(e) => {
-                            if let Ok(mut slot) = failed.lock() {
-                                slot.get_or_insert(e);
-                            }
-                            FileHash {
-                                digest: blake3::hash(b""),
-                                size: 0,
-                                mode: 0,
+                            if let Ok(mut first) = failed.lock() {
+                                first.get_or_insert(e);
                             }
                         }
-                    };
+                    }
                     if !strip.is_empty() {
                         rel.drain(..strip.len() + 1);
                     }
-                    Entry { rel, hash }
+                    slot.rel = rel;
                 },
             )
-            .collect_into_vec(&mut entries);
+        });
         if let Some(e) = failed.into_inner().ok().flatten() {
             return Err(e);
         }
@@ -502,6 +518,37 @@ mod tests {
             PathHash::Dir { entries, .. } => entries.iter().map(|e| e.rel.clone()).collect(),
             other => panic!("not a folder: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_walk_lists_in_byte_order_however_files_and_folders_interleave() {
+        // Names around `/` in byte order (` `, `-`, `.` sort before it; `0`, `A`, `_`, `~`
+        // after), as files and as folders, two levels deep: the runs must come out in the
+        // order a sort of the whole list gives, or folder digests would change.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let stems = ["a", "a b", "a-b", "a.b", "a0", "aA", "a_", "a~", "b"];
+        let mut all = Vec::new();
+        for (i, s1) in stems.iter().enumerate() {
+            // Even: a file `s1` beside the folder `s1.d`; odd: folders `s1` and `s1.d`.
+            if i % 2 == 0 {
+                all.push(format!("t/{s1}"));
+            }
+            for s2 in &stems[i % 3..] {
+                all.push(format!("t/{s1}.d/{s2}"));
+                if i % 2 == 1 {
+                    all.push(format!("t/{s1}/{s2}"));
+                }
+            }
+        }
+        for rel in &all {
+            write(root, rel, rel);
+        }
+        let stat = StatCache::default();
+        let listed = names(&Hasher::new(root, &stat).path("t").unwrap());
+        let mut sorted: Vec<String> = all.iter().map(|r| r["t/".len()..].to_string()).collect();
+        sorted.sort();
+        assert_eq!(listed, sorted);
     }
 
     #[test]
