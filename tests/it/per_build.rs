@@ -115,8 +115,9 @@ cmd = "echo $$ > pg_b; while [ -e hold ]; do sleep 0.05; done; echo b > b.txt"
 outs = ["b.txt"]
 "#;
 
-#[test]
-fn stages_cut_off_by_a_crash_stay_incomplete_across_builds_until_rerun_or_cleaned() {
+/// A build of TWO_HELD killed (with `kill -9`) while both stages run, once the watchdog
+/// has stopped them.
+fn crashed_with_both_running() -> Ws {
     let ws = Ws::new(TWO_HELD);
     ws.write("hold", "");
     let build = ws.spawn(&["build", "-j", "2"], "build.err");
@@ -126,6 +127,12 @@ fn stages_cut_off_by_a_crash_stay_incomplete_across_builds_until_rerun_or_cleane
     wait_until("the watchdog to stop the stages", || {
         !alive(pa) && !alive(pb)
     });
+    ws
+}
+
+#[test]
+fn stages_cut_off_by_a_crash_stay_incomplete_across_builds_until_rerun_or_cleaned() {
+    let ws = crashed_with_both_running();
     let st = ws.pipe(&["status"]);
     st.code(1);
     assert_eq!(st.stdout.matches("incomplete").count(), 2, "{st}");
@@ -168,15 +175,7 @@ fn stages_cut_off_by_a_crash_stay_incomplete_across_builds_until_rerun_or_cleane
 
 #[test]
 fn a_stage_cut_off_and_rerun_is_no_longer_incomplete_and_a_torn_journal_line_is_ignored() {
-    let ws = Ws::new(TWO_HELD);
-    ws.write("hold", "");
-    let build = ws.spawn(&["build", "-j", "2"], "build.err");
-    let (pa, pb) = (wait_pid(&ws, "pg_a"), wait_pid(&ws, "pg_b"));
-    wait_running(&ws, 2);
-    kill9(build);
-    wait_until("the watchdog to stop the stages", || {
-        !alive(pa) && !alive(pb)
-    });
+    let ws = crashed_with_both_running();
     // The crashed build's journal, with a torn last line as a power cut might leave.
     let journals = files_in(&ws, ".pipe/state/journal");
     assert_eq!(journals.len(), 1, "{journals:?}");
