@@ -887,6 +887,19 @@ impl StatMemo {
         all
     }
 
+    /// Every path looked at with what was seen of it (`None`: not there): `stat`'s answer,
+    /// which is `lstat`'s for anything but a symlink. `None` when a symlink was met.
+    pub fn seen(&self) -> Option<Vec<(PathBuf, Option<std::fs::Metadata>)>> {
+        let m = self.inner.lock().ok()?;
+        m.seen
+            .iter()
+            .map(|(p, s)| match (&s.lstat, &s.stat) {
+                (Lstat::Link(_), _) | (_, None) => None,
+                (_, Some(m)) => Some((PathBuf::from(p), m.clone())),
+            })
+            .collect()
+    }
+
     /// Whether a path is still what [`looked`](Self::looked) said. It is looked at again
     /// through the memo, which keeps the answers for whoever asks next.
     pub fn still(&self, (path, lstat, stat): &Looked) -> bool {

@@ -118,6 +118,8 @@ pub struct Hasher<'a> {
     pub bytes_read: AtomicU64,
     /// Stats the loader already took: a path named by several stages is looked at once.
     memo: Option<&'a crate::fsutil::StatMemo>,
+    /// Whether a folder was walked (its files are not in the memo).
+    walked: std::sync::atomic::AtomicBool,
 }
 
 fn skip_name(name: &std::ffi::OsStr) -> bool {
@@ -132,6 +134,7 @@ impl<'a> Hasher<'a> {
             files_read: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             memo: None,
+            walked: Default::default(),
         }
     }
 
@@ -183,6 +186,11 @@ impl<'a> Hasher<'a> {
         )
     }
 
+    /// Whether a folder was walked: its files were looked at outside the memo.
+    pub fn walked(&self) -> bool {
+        self.walked.load(Ordering::Relaxed)
+    }
+
     /// Hash a workspace-relative path: a file, a folder (recursively) or nothing.
     pub fn path(&self, rel: &str) -> Result<PathHash> {
         let full = self.root.join(rel);
@@ -217,6 +225,7 @@ impl<'a> Hasher<'a> {
                 other => other,
             }),
             Some(g) => {
+                self.walked.store(true, Ordering::Relaxed);
                 let base = crate::fsutil::glob_base(&dep.path);
                 let full = if base.is_empty() {
                     self.root.clone()
@@ -240,6 +249,7 @@ impl<'a> Hasher<'a> {
     /// each entry stat'ed relative to its folder (no full-path lookup per file); symlinks are
     /// followed and a link back to a folder being listed is an error.
     fn walk(&self, rel_dir: &str, glob: Option<&globset::GlobMatcher>) -> Result<Runs> {
+        self.walked.store(true, Ordering::Relaxed);
         let dir = if rel_dir.is_empty() {
             self.root.clone()
         } else {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod execute;
 pub mod failure;
+pub mod fresh;
 pub mod fsutil;
 pub mod gate;
 pub mod graph;

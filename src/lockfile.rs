@@ -60,9 +60,16 @@ impl LockFile {
     /// ([`crate::snapshot`]): parsing a 1,000-stage lock as TOML was most of a no-op
     /// `pipe status`.
     pub fn load_cached(path: &Path, snapshot: &Path) -> Result<LockFile> {
+        Self::load_keyed(path, snapshot).map(|(lock, _)| lock)
+    }
+
+    /// [`load_cached`](Self::load_cached), and the blake3 of the bytes read (`None`: no lock).
+    pub fn load_keyed(path: &Path, snapshot: &Path) -> Result<(LockFile, Option<blake3::Hash>)> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((LockFile::default(), None));
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
         let parse = || {
@@ -74,11 +81,12 @@ impl LockFile {
                 crate::source::utf8(&display, bytes.clone()).map_err(crate::error::invalid)?;
             Self::parse(&text).map_err(|e| crate::error::invalid(format!("{display}:{e}")))
         };
-        crate::snapshot::cached(snapshot, &bytes, parse, |lf: &LockFile| {
+        let lock = crate::snapshot::cached(snapshot, &bytes, parse, |lf: &LockFile| {
             lf.stages
                 .values()
                 .all(|e| e.params.values().all(crate::snapshot::json_exact))
-        })
+        })?;
+        Ok((lock, Some(crate::snapshot::key(&bytes))))
     }
 
     /// Parse the lock's text. An error starts with `LINE:COL: ` (or `LINE: `) so the

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 const VERSION: u32 = 2;
 /// A file modified less than this before it was hashed is re-read next time.
-const RACY_NS: i64 = 100_000_000;
+pub const RACY_NS: i64 = 100_000_000;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stat {

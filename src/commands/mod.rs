@@ -86,6 +86,16 @@ impl Ctx {
     /// Load with `--set` values and a `--params-file` (relative to the folder pipe was
     /// started in, before the upward search moves to the workspace).
     pub fn load_with(&self, sets: &[String], params_file: Option<&Path>) -> Result<Pipeline> {
+        let (file, display, opts) = self.load_options(sets, params_file)?;
+        Pipeline::load(&file, display, &opts)
+    }
+
+    /// The pipeline file, its name for errors and how to load it.
+    pub fn load_options(
+        &self,
+        sets: &[String],
+        params_file: Option<&Path>,
+    ) -> Result<(PathBuf, String, LoadOptions)> {
         let params_file = match params_file {
             Some(f) if f.is_relative() => Some(
                 std::env::current_dir()
@@ -103,7 +113,7 @@ impl Ctx {
             opts.overrides
                 .push(crate::params::parse_set(s).map_err(invalid)?);
         }
-        Pipeline::load(&file, display, &opts)
+        Ok((file, display, opts))
     }
 }
 
@@ -202,9 +212,31 @@ fn diagnostics(text: &str) -> Vec<serde_json::Value> {
     out
 }
 
-pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
-    let p = ctx.load_with(&a.set, a.params_file.as_deref())?;
-    for g in &a.override_gate {
+/// A build with nothing to do, as a [`crate::fresh`] proof still says: only for a plain
+/// build (no `--force`, `--pull`, `--push`, gate override or dry run).
+fn proven_noop(
+    file: &Path,
+    load: &LoadOptions,
+    opts: &BuildOptions,
+) -> Option<crate::fresh::Proof> {
+    let t = &opts.targets;
+    if t.force || t.force_all || opts.pull || opts.push || opts.dry_run {
+        return None;
+    }
+    if !opts.override_gates.is_empty() {
+        return None;
+    }
+    let (key, root) = Pipeline::built_key(file, load)?;
+    let sel = crate::fresh::Selection {
+        names: &t.names,
+        downstream: t.downstream,
+    };
+    crate::fresh::check(&key, &root, file, &sel).filter(|proof| proof.build)
+}
+
+/// Every `--override-gate` names a gate of the pipeline.
+fn check_gate_names(p: &Pipeline, gates: &[String]) -> Result<()> {
+    for g in gates {
         if !p
             .stages
             .iter()
@@ -222,10 +254,12 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
             ));
         }
     }
-    if !a.dry_run {
-        // A dry run changes nothing, so Ctrl-C may simply end it.
-        crate::signal::install();
-    }
+    Ok(())
+}
+
+pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
+    let started = std::time::Instant::now();
+    let (file, display, load) = ctx.load_options(&a.set, a.params_file.as_deref())?;
     let opts = BuildOptions {
         targets: Targets {
             names: a.stages.clone(),
@@ -247,7 +281,30 @@ pub fn build_cmd(ctx: &Ctx, rep: &mut Reporter, a: &BuildArgs) -> Result<i32> {
         reason: a.reason.clone(),
     };
     rep.follow_to_stderr = a.json;
-    let summary = execute::build(&p, &opts, rep)?;
+    let (summary, p) = match proven_noop(&file, &load, &opts) {
+        Some(proof) => {
+            let stages = proof.stages.into_iter().map(|(name, _)| {
+                let state = crate::stage_state::StageState::UpToDate;
+                (name, state, Vec::new(), None)
+            });
+            let summary = execute::announce_noop(rep, a.follow, &proof.runs, stages)?;
+            let summary = crate::record::Summary {
+                duration_s: started.elapsed().as_secs_f64(),
+                ..summary
+            };
+            rep.summary(&summary);
+            (summary, None)
+        }
+        None => {
+            let p = Pipeline::load(&file, display, &load)?;
+            check_gate_names(&p, &a.override_gate)?;
+            if !a.dry_run {
+                // A dry run changes nothing, so Ctrl-C may simply end it.
+                crate::signal::install();
+            }
+            (execute::build(&p, &opts, rep)?, Some(p))
+        }
+    };
     if a.json {
         #[derive(serde::Serialize)]
         struct Stage<'a> {

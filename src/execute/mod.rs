@@ -85,12 +85,13 @@ fn noop(
     p: &Pipeline,
     opts: &BuildOptions,
     sel: &crate::graph::Selection,
-    lock: &crate::lockfile::LockFile,
+    lock: (&crate::lockfile::LockFile, Option<blake3::Hash>),
     incomplete: &std::collections::BTreeSet<String>,
     stat: &StatCache,
     cache: &Cache,
     rep: &mut Reporter,
 ) -> Result<Option<Summary>> {
+    let (lock, lock_key) = lock;
     let plain = sel.forced.is_empty()
         && !opts.pull
         && !opts.push
@@ -124,30 +125,75 @@ fn noop(
         return Ok(None);
     };
     let _ = stat.save(&p.layout.stat_cache());
-    let mut view = BuildView::new(rep, opts.follow);
-    let mut bus = Bus::new().with(&mut view);
-    bus.emit(Event::RunStart {
-        run_id: String::new(),
-        run_dir: p.layout.runs.clone(),
-        stages: planned.len(),
-    })?;
-    let mut records = BTreeMap::new();
-    for pl in planned {
-        let s = &p.stages[pl.stage];
+    if planned
+        .iter()
+        .all(|pl| pl.state == crate::stage_state::StageState::UpToDate)
+    {
+        crate::fresh::keep(&crate::fresh::Seen {
+            p,
+            sel: crate::fresh::Selection {
+                names: &opts.targets.names,
+                downstream: opts.targets.downstream,
+            },
+            lock: lock_key,
+            hasher: &planner.hasher,
+            build: true,
+            stages: &planned.iter().map(|pl| pl.stage).collect::<Vec<_>>(),
+        });
+    }
+    for pl in &planned {
         tracing::debug!(
-            stage = %s.name,
+            stage = %p.stages[pl.stage].name,
             verdict = pl.state.label(),
             reasons = ?pl.reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
             "judged"
         );
-        records.insert(
-            pl.stage,
-            StageRecord::fresh(pl.state, pl.reasons.clone(), lock.stages.get(&s.name)),
-        );
+    }
+    let summary = announce_noop(
+        rep,
+        opts.follow,
+        &p.layout.runs,
+        planned.into_iter().map(|pl| {
+            let name = &p.stages[pl.stage].name;
+            (name.clone(), pl.state, pl.reasons, lock.stages.get(name))
+        }),
+    )?;
+    crate::keep_until_exit(planner);
+    Ok(Some(summary))
+}
+
+/// What a build with nothing to do shows: each stage judged fresh (`-v`, `--follow`), then
+/// the summary's counts. `stages` in plan order: name, state, reasons, lock entry.
+pub fn announce_noop<'a>(
+    rep: &mut Reporter,
+    follow: bool,
+    runs: &std::path::Path,
+    stages: impl ExactSizeIterator<
+        Item = (
+            String,
+            crate::stage_state::StageState,
+            Vec<crate::plan::Reason>,
+            Option<&'a crate::lockfile::LockEntry>,
+        ),
+    >,
+) -> Result<Summary> {
+    let mut view = BuildView::new(rep, follow);
+    let mut bus = Bus::new().with(&mut view);
+    bus.emit(Event::RunStart {
+        run_id: String::new(),
+        run_dir: runs.to_path_buf(),
+        stages: stages.len(),
+    })?;
+    let mut records = Vec::with_capacity(stages.len());
+    for (name, state, reasons, entry) in stages {
+        records.push((
+            name.clone(),
+            StageRecord::fresh(state, reasons.clone(), entry),
+        ));
         bus.emit(Event::StageJudged {
-            stage: s.name.clone(),
-            state: pl.state,
-            reasons: pl.reasons,
+            stage: name,
+            state,
+            reasons,
             fingerprint: None,
             inputs: None,
         })?;
@@ -156,18 +202,13 @@ fn noop(
         status: RunStatus::Success,
         exit_code: exit::OK,
     })?;
-    crate::keep_until_exit(planner);
-    Ok(Some(Summary {
+    Ok(Summary {
         run_id: None,
         status: RunStatus::Success,
         exit_code: exit::OK,
-        stages: p
-            .order
-            .iter()
-            .filter_map(|i| records.remove(i).map(|r| (p.stages[*i].name.clone(), r)))
-            .collect(),
+        stages: records,
         duration_s: 0.0,
-    }))
+    })
 }
 
 pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Summary> {
@@ -229,7 +270,8 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         rep.waiting(m)
     })?;
     // Read the lock now that we hold the workspace: a build we waited for may have changed it.
-    let lock = crate::lockfile::LockFile::load_for(&p.layout)?;
+    let (lock, lock_key) =
+        crate::lockfile::LockFile::load_keyed(&p.layout.lockfile(), &p.layout.lock_snapshot())?;
     // Earlier builds' journals fold into one file of the stages they left cut off.
     let open = markers::compact(&p.layout)?;
     let incomplete = markers::of_pipeline(p, &open);
@@ -248,7 +290,16 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
         _ => None,
     };
 
-    if let Some(summary) = noop(p, opts, &sel, &lock, &incomplete, &stat, &cache, rep)? {
+    if let Some(summary) = noop(
+        p,
+        opts,
+        &sel,
+        (&lock, lock_key),
+        &incomplete,
+        &stat,
+        &cache,
+        rep,
+    )? {
         if let Some(w) = watchdog.and_then(std::sync::Arc::into_inner) {
             w.dismiss();
         }

@@ -156,11 +156,11 @@ impl<'a> Builder<'a> {
         let at = built::path(&self.root, &self.src.path);
         let key = built::key(&self.src.text, &self.root, self.opts);
         if let Some(kept) = built::read(&at, &key, &self.root, &self.stats) {
-            let p = built::pipeline(kept, self.src, self.root, self.stats);
+            let p = built::pipeline(kept, key, self.src, self.root, self.stats);
             sweep(&p.layout);
             return Ok(p);
         }
-        let (p, files, dirs) = self.build_fresh()?;
+        let (mut p, files, dirs) = self.build_fresh()?;
         built::write(
             &at,
             &key,
@@ -168,6 +168,7 @@ impl<'a> Builder<'a> {
             &files,
             (dirs.0.as_deref(), dirs.1.as_deref()),
         );
+        p.built = Some(super::BuiltFrom { key, files });
         Ok(p)
     }
 
@@ -302,6 +303,7 @@ impl<'a> Builder<'a> {
             executor,
             slurm,
             source: self.src,
+            built: None,
         };
         Ok((p, self.files, dirs))
     }

@@ -94,7 +94,13 @@ pub(super) fn read(at: &Path, key: &blake3::Hash, root: &Path, stats: &StatMemo)
 pub(super) struct Kept(Owned);
 
 /// The pipeline that was kept, for the pipeline file `src` in `root`.
-pub(super) fn pipeline(kept: Kept, src: Source, root: PathBuf, stats: StatMemo) -> Pipeline {
+pub(super) fn pipeline(
+    kept: Kept,
+    key: blake3::Hash,
+    src: Source,
+    root: PathBuf,
+    stats: StatMemo,
+) -> Pipeline {
     let b = kept.0;
     let mut stages = b.stages;
     for s in &mut stages {
@@ -134,6 +140,10 @@ pub(super) fn pipeline(kept: Kept, src: Source, root: PathBuf, stats: StatMemo) 
         hooks: b.hooks,
         executor: b.executor,
         slurm: b.slurm,
+        built: Some(super::BuiltFrom {
+            key,
+            files: b.files,
+        }),
     }
 }
 

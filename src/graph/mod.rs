@@ -146,6 +146,16 @@ pub struct Pipeline {
     pub hooks: spec::RawHooks,
     pub executor: ExecutorKind,
     pub slurm: SlurmConfig,
+    /// What the pipeline was built from besides the workspace's paths (see [`built`]).
+    pub built: Option<BuiltFrom>,
+}
+
+/// The key of the built snapshot (the file's bytes and the load options) and the params
+/// files read, with the blake3 of their bytes.
+#[derive(Debug, Clone)]
+pub struct BuiltFrom {
+    pub key: blake3::Hash,
+    pub files: Vec<(PathBuf, String)>,
 }
 
 /// What the loader needs beyond the file: `--params-file` and `--set` overrides.
@@ -159,6 +169,12 @@ pub struct LoadOptions {
 impl Pipeline {
     pub fn load(file: &Path, display: String, opts: &LoadOptions) -> Result<Pipeline> {
         let source = Source::read(file, display)?;
+        let root = Self::workspace(file)?;
+        Builder::new(source, root, opts).build()
+    }
+
+    /// The workspace of the pipeline file `file`: its folder, canonical.
+    fn workspace(file: &Path) -> Result<PathBuf> {
         let root = file
             .parent()
             .map(Path::to_path_buf)
@@ -168,10 +184,17 @@ impl Pipeline {
         } else {
             root
         };
-        let root = root
-            .canonicalize()
-            .map_err(|e| invalid(format!("cannot open workspace {}: {e}", root.display())))?;
-        Builder::new(source, root, opts).build()
+        root.canonicalize()
+            .map_err(|e| invalid(format!("cannot open workspace {}: {e}", root.display())))
+    }
+
+    /// What a load of `file` with `opts` would be keyed by (see [`built`]), without
+    /// building it, and its workspace: what a [`crate::fresh`] proof is checked against.
+    pub fn built_key(file: &Path, opts: &LoadOptions) -> Option<(blake3::Hash, PathBuf)> {
+        let bytes = std::fs::read(file).ok()?;
+        let text = std::str::from_utf8(&bytes).ok()?;
+        let root = Self::workspace(file).ok()?;
+        Some((built::key(text, &root, opts), root))
     }
 
     pub fn stage(&self, name: &str) -> Option<&Stage> {

@@ -57,6 +57,11 @@ fn legacy_dir(layout: &Layout) -> PathBuf {
     layout.running_dir()
 }
 
+/// Where markers are kept: the journal's folder, then the older one-file-per-marker folder.
+pub fn dirs(layout: &Layout) -> [PathBuf; 2] {
+    [journal_dir(layout), legacy_dir(layout)]
+}
+
 /// The `start` line of a marker.
 fn start_line(stage: &str, m: &Marker) -> String {
     let ms = m

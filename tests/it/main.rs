@@ -14,6 +14,8 @@ mod harness;
 mod cache;
 /// The core engine: staleness reasons, what `pipe build` runs, -j, the lock, dag, init, -C/-f.
 mod core_build;
+/// The no-op proof: a status or build answered from the stats of what the last no-op saw.
+mod fresh;
 /// Property tests over hostile Pipeline.toml / Pipeline.lock (`PIPE_FUZZ_CASES`, default 64).
 mod fuzz;
 /// Hostile caches, remotes and values: tampered entries, full disks, special files, bounds.
