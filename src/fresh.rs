@@ -14,45 +14,16 @@
 //!   the proof was made is not trusted (the proof is not kept);
 //! - no build holds the workspace.
 //!
+//! - what folder walks saw (`fresh.tree` beside it, see [`crate::walked`]): every folder's
+//!   signature (a name added, removed or renamed changes it) and every file's.
+//!
 //! It is kept only for the plain case: every selected stage up to date (no frozen, gated,
-//! release or running stage, no folder or glob dep or out to walk, no symlink met). Any
+//! release or running stage, no symlink met). Any
 //! other plan takes the full path, which writes a new proof when it finds a no-op again.
 
-use crate::fsutil::Layout;
-use crate::state::RACY_NS;
+use crate::fsutil::{Layout, Sig};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-/// What `lstat` saw of a path: mode (with the type bits), size, mtime and ctime in ns, inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sig(u32, u64, i64, i64, u64);
-
-impl Sig {
-    pub fn of(m: &std::fs::Metadata) -> Sig {
-        Sig(
-            m.mode(),
-            m.len(),
-            m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-            m.ino(),
-        )
-    }
-
-    /// What `lstat` sees at `path` now (`Ok(None)`: nothing there).
-    fn now(path: &Path) -> std::io::Result<Option<Sig>> {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) => Ok(Some(Sig::of(&m))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Old enough to trust: a change after it was taken would show in it.
-    fn settled(&self, now_ns: i64) -> bool {
-        self.2 < now_ns - RACY_NS && self.3 < now_ns - RACY_NS
-    }
-}
 
 /// The proof as kept.
 #[derive(Serialize, Deserialize)]
@@ -63,6 +34,8 @@ pub struct Proof {
     files: Vec<(PathBuf, String)>,
     /// Paths (relative to the workspace when inside it) and what `lstat` saw of them.
     paths: Vec<(PathBuf, Option<Sig>)>,
+    /// The blake3 of what the folder walks saw ([`crate::walked`], kept beside the proof).
+    tree: Option<String>,
     /// Where runs are recorded (a build's first event names it).
     pub runs: PathBuf,
     /// Whether a build of the same selection takes the no-op path too (no lock entry of a
@@ -81,6 +54,10 @@ pub struct Selection<'a> {
 
 fn path(layout: &Layout) -> PathBuf {
     layout.state().join("fresh.json")
+}
+
+fn tree_path(layout: &Layout) -> PathBuf {
+    layout.state().join("fresh.tree")
 }
 
 /// The key of a proof for the pipeline whose built key is `built` and this selection.
@@ -108,7 +85,12 @@ pub fn check(built: &blake3::Hash, root: &Path, file: &Path, sel: &Selection) ->
             .paths
             .iter()
             .all(|(rel, sig)| Sig::now(&root.join(rel)).is_ok_and(|now| now == *sig))
-        && crate::wslock::live_holder(&layout).is_none();
+        && crate::wslock::live_holder(&layout).is_none()
+        && proof.tree.as_ref().is_none_or(|hex| {
+            crate::fsutil::read_own(&tree_path(&layout)).is_ok_and(|b| {
+                blake3::hash(&b).to_hex().as_str() == hex && crate::walked::holds(root, &b)
+            })
+        });
     if holds {
         tracing::info!(
             "nothing changed since the last no-op (the proof in {}): every selected stage is up to date",
@@ -140,9 +122,18 @@ pub fn keep(seen: &Seen) {
         let s = &p.stages[i];
         s.gate.is_none() && !s.release && !s.frozen && !s.runs_every_time()
     });
-    if !plain || seen.hasher.walked() {
+    if !plain {
         return;
     }
+    let now = crate::state::now_ns();
+    let tree = match (seen.hasher.walked(), seen.hasher.take_tree()) {
+        (false, _) => None,
+        (true, Some(t)) => match t.into_bytes(now) {
+            Some(bytes) => Some(bytes),
+            None => return,
+        },
+        (true, None) => return,
+    };
     let layout = &p.layout;
     // The markers' journal: nothing open now, and nothing written there since.
     let mut marks: Vec<PathBuf> = crate::record::markers::dirs(layout).to_vec();
@@ -165,7 +156,6 @@ pub fn keep(seen: &Seen) {
             .into_iter()
             .map(|(path, m)| (path, m.as_ref().map(Sig::of))),
     );
-    let now = crate::state::now_ns();
     if !paths.iter().all(|(_, s)| s.is_none_or(|s| s.settled(now))) {
         return;
     }
@@ -176,7 +166,13 @@ pub fn keep(seen: &Seen) {
     }
     // In path order: a folder's entries are looked up together next time.
     paths.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    if let Some(bytes) = &tree
+        && crate::fsutil::quick_write(&tree_path(layout), bytes).is_err()
+    {
+        return;
+    }
     let proof = Proof {
+        tree: tree.map(|b| blake3::hash(&b).to_hex().to_string()),
         lock: lock.to_hex().to_string(),
         files: built.files.clone(),
         paths,
@@ -199,12 +195,12 @@ pub fn keep(seen: &Seen) {
 
 #[cfg(test)]
 mod tests {
-    use super::Sig;
+    use crate::fsutil::Sig;
 
     #[test]
     fn only_a_signature_older_than_the_racy_window_is_settled() {
         let now = 10_000_000_000;
-        let sig = |mtime, ctime| Sig(0o100644, 3, mtime, ctime, 1);
+        let sig = |mtime, ctime| Sig::new(0o100644, 3, mtime, ctime, 1);
         assert!(sig(now - 200_000_000, now - 200_000_000).settled(now));
         // Written 50 ms ago: a change in the same tick would not show.
         assert!(!sig(now - 50_000_000, now - 200_000_000).settled(now));

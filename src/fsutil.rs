@@ -560,6 +560,58 @@ impl Layout {
     }
 }
 
+/// What `lstat` saw of a path: mode (with the type bits), size, mtime and ctime in ns, inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Sig(u32, u64, i64, i64, u64);
+
+impl Sig {
+    pub fn new(mode: u32, size: u64, mtime_ns: i64, ctime_ns: i64, ino: u64) -> Sig {
+        Sig(mode, size, mtime_ns, ctime_ns, ino)
+    }
+
+    /// The signature of a regular file from the stat cache's view of it.
+    pub fn of_file(s: &crate::state::Stat) -> Sig {
+        Sig(0o100000 | s.mode, s.size, s.mtime_ns, s.ctime_ns, s.ino)
+    }
+
+    /// Mode, size, mtime, ctime, inode.
+    pub fn parts(&self) -> (u32, u64, i64, i64, u64) {
+        (self.0, self.1, self.2, self.3, self.4)
+    }
+
+    /// The later of mtime and ctime.
+    pub fn newest(&self) -> i64 {
+        self.2.max(self.3)
+    }
+}
+
+impl Sig {
+    pub fn of(m: &std::fs::Metadata) -> Sig {
+        use std::os::unix::fs::MetadataExt;
+        Sig(
+            m.mode(),
+            m.len(),
+            m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            m.ino(),
+        )
+    }
+
+    /// What `lstat` sees at `path` now (`Ok(None)`: nothing there).
+    pub fn now(path: &Path) -> std::io::Result<Option<Sig>> {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => Ok(Some(Sig::of(&m))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Old enough to trust: a change after it was taken would show in it.
+    pub fn settled(&self, now_ns: i64) -> bool {
+        self.2 < now_ns - crate::state::RACY_NS && self.3 < now_ns - crate::state::RACY_NS
+    }
+}
+
 /// A file-name-safe form of a stage name (matrix names hold `@`, `=` and `,`).
 pub fn marker_name(stage: &str) -> String {
     const KEEP: usize = 100;

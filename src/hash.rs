@@ -120,6 +120,8 @@ pub struct Hasher<'a> {
     memo: Option<&'a crate::fsutil::StatMemo>,
     /// Whether a folder was walked (its files are not in the memo).
     walked: std::sync::atomic::AtomicBool,
+    /// What walks saw, when asked to record it (for a no-op proof).
+    tree: Option<std::sync::Mutex<crate::walked::Tree>>,
 }
 
 fn skip_name(name: &std::ffi::OsStr) -> bool {
@@ -135,6 +137,7 @@ impl<'a> Hasher<'a> {
             bytes_read: AtomicU64::new(0),
             memo: None,
             walked: Default::default(),
+            tree: None,
         }
     }
 
@@ -191,6 +194,28 @@ impl<'a> Hasher<'a> {
         self.walked.load(Ordering::Relaxed)
     }
 
+    /// Record what walks see (see [`crate::walked`]).
+    pub fn recording(self) -> Hasher<'a> {
+        Hasher {
+            tree: Some(Default::default()),
+            ..self
+        }
+    }
+
+    /// What walks saw, if recorded.
+    pub fn take_tree(&self) -> Option<crate::walked::Tree> {
+        let mut t = self.tree.as_ref()?.lock().ok()?;
+        Some(std::mem::take(&mut *t))
+    }
+
+    fn record(&self, f: impl FnOnce(&mut crate::walked::Tree)) {
+        if let Some(t) = &self.tree
+            && let Ok(mut t) = t.lock()
+        {
+            f(&mut t);
+        }
+    }
+
     /// Hash a workspace-relative path: a file, a folder (recursively) or nothing.
     pub fn path(&self, rel: &str) -> Result<PathHash> {
         let full = self.root.join(rel);
@@ -232,7 +257,13 @@ impl<'a> Hasher<'a> {
                 } else {
                     self.root.join(&base)
                 };
+                let seen = std::fs::symlink_metadata(&full);
+                if seen.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+                    self.record(crate::walked::Tree::unprovable);
+                }
                 if !full.is_dir() {
+                    let sig = seen.ok().map(|m| crate::fsutil::Sig::of(&m));
+                    self.record(|t| t.folder(&base, sig));
                     return Ok(PathHash::Dir {
                         digest: dir_digest(&[]),
                         entries: vec![],
@@ -257,6 +288,7 @@ impl<'a> Hasher<'a> {
         };
         let meta =
             std::fs::metadata(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        self.record(|t| t.folder(rel_dir, Some(crate::fsutil::Sig::of(&meta))));
         self.walk_dir(rel_dir, &dir, &[(meta.dev(), meta.ino())], glob)
     }
 
@@ -285,6 +317,9 @@ impl<'a> Hasher<'a> {
             }
             rel.push_str(&name);
             let ft = entry.file_type().with_context(list)?;
+            if ft.is_symlink() {
+                self.record(crate::walked::Tree::unprovable);
+            }
             let meta = if ft.is_symlink() {
                 std::fs::metadata(entry.path())
             } else {
@@ -302,6 +337,7 @@ impl<'a> Hasher<'a> {
                         entry.path().display()
                     );
                 }
+                self.record(|t| t.folder(&rel, Some(crate::fsutil::Sig::of(&meta))));
                 // Its files sort as `rel/…`: the key among its siblings is `rel/`.
                 rel.push('/');
                 subdirs.push((rel, entry.path(), id));
@@ -343,6 +379,7 @@ impl<'a> Hasher<'a> {
     /// the sorted cache instead of searching it), and each is hashed straight into its place
     /// in one vector of the exact size: no copy of the listing, no sort.
     fn files(&self, runs: Runs, strip: &str) -> Result<PathHash> {
+        self.record(|t| runs.iter().for_each(|r| t.files(r)));
         let total = runs.iter().map(Vec::len).sum();
         let mut entries: Vec<Entry> = Vec::with_capacity(total);
         entries.resize_with(total, || Entry {

@@ -33,6 +33,7 @@ pub mod source;
 pub mod spec;
 pub mod stage_state;
 pub mod state;
+pub mod walked;
 pub mod wslock;
 
 use cli::{Cli, Command};

@@ -45,7 +45,7 @@ pub fn rows(p: &Pipeline, targets: &[String]) -> Result<(Vec<Row>, u64)> {
         crate::lockfile::LockFile::load_keyed(&p.layout.lockfile(), &p.layout.lock_snapshot())?;
     let cache = Cache::new(&p.layout.cache);
     let planner = Planner {
-        hasher: Hasher::new(&p.root, &stat).with_memo(&p.stats),
+        hasher: Hasher::new(&p.root, &stat).with_memo(&p.stats).recording(),
         cache: &cache,
         use_cache: true,
         remote: None,

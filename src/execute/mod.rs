@@ -105,7 +105,7 @@ fn noop(
         return Ok(None);
     }
     let planner = Planner {
-        hasher: Hasher::new(&p.root, stat).with_memo(&p.stats),
+        hasher: Hasher::new(&p.root, stat).with_memo(&p.stats).recording(),
         cache,
         use_cache: opts.use_cache,
         remote: None,

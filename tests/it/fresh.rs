@@ -155,16 +155,62 @@ fn a_live_build_shows_its_running_stage() {
 }
 
 #[test]
-fn a_folder_dep_takes_the_full_path_every_time() {
+fn a_change_inside_a_folder_or_glob_dep_is_seen() {
+    let pipeline = r#"
+[stages.a]
+cmd = "ls -R data > list.txt"
+deps = ["data"]
+outs = ["list.txt"]
+
+[stages.b]
+cmd = "cat logs/*.log > all.txt"
+deps = ["logs/*.log"]
+outs = ["all.txt"]
+"#;
+    let ready = || {
+        let ws = Ws::new(pipeline);
+        ws.write("data/x.txt", "1");
+        ws.write("data/sub/y.txt", "1");
+        ws.write("logs/a.log", "a");
+        ws.pipe(&["build"]).ok();
+        settle();
+        ws.pipe(&["status"]).ok();
+        assert!(proven(&ws, &["status"]), "a walked folder is proven too");
+        ws
+    };
+    // A file rewritten in a subfolder (same size), a file added, one removed.
+    let ws = ready();
+    ws.write("data/sub/y.txt", "2");
+    ws.pipe(&["status"]).code(1).out_has("dep changed: data");
+    let ws = ready();
+    ws.write("data/sub/z.txt", "");
+    ws.pipe(&["status"]).code(1).out_has("dep changed: data");
+    let ws = ready();
+    std::fs::remove_file(ws.path("data/x.txt")).unwrap();
+    ws.pipe(&["status"]).code(1).out_has("dep changed: data");
+    // A new file the glob matches; one it does not match leaves b up to date.
+    let ws = ready();
+    ws.write("logs/b.txt", "b");
+    ws.pipe(&["status"]).ok();
+    ws.write("logs/b.log", "b");
+    ws.pipe(&["status"])
+        .code(1)
+        .out_has("dep changed: logs/*.log");
+}
+
+#[test]
+fn a_symlink_in_a_folder_dep_is_never_proven() {
     let ws = Ws::new(
-        "[stages.a]\ncmd = \"ls data > list.txt\"\ndeps = [\"data\"]\nouts = [\"list.txt\"]\n",
+        "[stages.a]\ncmd = \"cat data/* > all.txt\"\ndeps = [\"data\"]\nouts = [\"all.txt\"]\n",
     );
-    ws.write("data/x.txt", "1");
+    ws.write("real.txt", "1");
+    std::fs::create_dir(ws.path("data")).unwrap();
+    std::os::unix::fs::symlink(ws.path("real.txt"), ws.path("data/link.txt")).unwrap();
     ws.pipe(&["build"]).ok();
     settle();
     ws.pipe(&["status"]).ok();
     assert!(!proven(&ws, &["status"]));
-    // A file changed inside the folder changes no stat of anything the stage names.
-    ws.write("data/x.txt", "2");
+    // What the link leads to changes with no signature in the folder changing.
+    ws.write("real.txt", "2");
     ws.pipe(&["status"]).code(1).out_has("dep changed: data");
 }
