@@ -34,7 +34,8 @@ pub struct Proof {
     files: Vec<(PathBuf, String)>,
     /// Paths (relative to the workspace when inside it) and what `lstat` saw of them.
     paths: Vec<(PathBuf, Option<Sig>)>,
-    /// The blake3 of what the folder walks saw ([`crate::walked`], kept beside the proof).
+    /// The id of what the folder walks saw ([`crate::walked`], kept beside the proof and
+    /// starting with the same id).
     tree: Option<String>,
     /// Where runs are recorded (a build's first event names it).
     pub runs: PathBuf,
@@ -58,6 +59,13 @@ fn path(layout: &Layout) -> PathBuf {
 
 fn tree_path(layout: &Layout) -> PathBuf {
     layout.state().join("fresh.tree")
+}
+
+/// The length of the id a tree file starts with.
+const TREE_ID: usize = 16;
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The key of a proof for the pipeline whose built key is `built` and this selection.
@@ -88,7 +96,9 @@ pub fn check(built: &blake3::Hash, root: &Path, file: &Path, sel: &Selection) ->
         && crate::wslock::live_holder(&layout).is_none()
         && proof.tree.as_ref().is_none_or(|hex| {
             crate::fsutil::read_own(&tree_path(&layout)).is_ok_and(|b| {
-                blake3::hash(&b).to_hex().as_str() == hex && crate::walked::holds(root, &b)
+                b.split_at_checked(TREE_ID).is_some_and(|(id, rest)| {
+                    hex_of(id) == *hex && crate::walked::holds(root, rest)
+                })
             })
         });
     if holds {
@@ -166,13 +176,26 @@ pub fn keep(seen: &Seen) {
     }
     // In path order: a folder's entries are looked up together next time.
     paths.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    if let Some(bytes) = &tree
-        && crate::fsutil::quick_write(&tree_path(layout), bytes).is_err()
-    {
-        return;
-    }
+    // The tree file goes first, named by an id the proof holds: a proof never stands on
+    // another proof's tree.
+    let tree = match tree {
+        Some(mut bytes) => {
+            let mut h = blake3::Hasher::new();
+            h.update(&now.to_le_bytes());
+            h.update(&std::process::id().to_le_bytes());
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            let hash = h.finalize();
+            let id = &hash.as_bytes()[..TREE_ID];
+            bytes.splice(0..0, id.iter().copied());
+            if crate::fsutil::quick_write(&tree_path(layout), &bytes).is_err() {
+                return;
+            }
+            Some(hex_of(id))
+        }
+        None => None,
+    };
     let proof = Proof {
-        tree: tree.map(|b| blake3::hash(&b).to_hex().to_string()),
+        tree,
         lock: lock.to_hex().to_string(),
         files: built.files.clone(),
         paths,

@@ -379,7 +379,10 @@ impl<'a> Hasher<'a> {
     /// the sorted cache instead of searching it), and each is hashed straight into its place
     /// in one vector of the exact size: no copy of the listing, no sort.
     fn files(&self, runs: Runs, strip: &str) -> Result<PathHash> {
-        self.record(|t| runs.iter().for_each(|r| t.files(r)));
+        self.record(|t| {
+            t.reserve(runs.iter().map(|r| r.len()).sum());
+            runs.iter().for_each(|r| t.files(r))
+        });
         let total = runs.iter().map(Vec::len).sum();
         let mut entries: Vec<Entry> = Vec::with_capacity(total);
         entries.resize_with(total, || Entry {

@@ -105,6 +105,11 @@ impl Tree {
         }
     }
 
+    /// Room for `files` more files (names of about 16 bytes).
+    pub fn reserve(&mut self, files: usize) {
+        self.bytes.reserve(files * (2 + 16 + SIG));
+    }
+
     /// A symlink was followed (or a name could not be recorded): no proof of this walk.
     pub fn unprovable(&mut self) {
         self.unprovable = true;
