@@ -144,12 +144,20 @@ impl Scheduler {
             }
             return actions;
         }
-        let candidates: Vec<((usize, usize), Work)> =
-            self.runnable.iter().map(|(k, w)| (*k, *w)).collect();
-        for (key, work) in candidates {
-            if self.running.len() >= self.jobs {
+        // In order, from the first runnable stage on, until the slots are full: a stage
+        // whose resources are taken is passed over. (Copying the whole runnable set on each
+        // poll made a wide build quadratic.)
+        let mut after: Option<(usize, usize)> = None;
+        while self.running.len() < self.jobs {
+            use std::ops::Bound::{Excluded, Unbounded};
+            let next = match after {
+                None => self.runnable.iter().next(),
+                Some(k) => self.runnable.range((Excluded(k), Unbounded)).next(),
+            };
+            let Some((key, work)) = next.map(|(k, w)| (*k, *w)) else {
                 break;
-            }
+            };
+            after = Some(key);
             let i = key.1;
             let want = match work {
                 Work::Run => self.nodes[&i].resources.clone(),
