@@ -1,7 +1,7 @@
 //! Content hashes of files, folders and globs: blake3, parallel over files (rayon), big
-//! files read in large blocks hashed on all cores, unchanged files answered by the stat
-//! cache. Files are read, never memory-mapped: a file that shrinks while it is hashed
-//! would kill an mmap reader with SIGBUS. Only regular files and folders are hashed; a
+//! files mapped and hashed on all cores (a file cut shorter meanwhile is caught, see
+//! [`crate::mapped`]; where mapping fails, read in large blocks), unchanged files answered
+//! by the stat cache. Only regular files and folders are hashed; a
 //! FIFO, socket or device is an error naming it (it is never opened for reading).
 
 use crate::graph::Dep;
@@ -162,8 +162,14 @@ impl<'a> Hasher<'a> {
         let path = self.root.join(rel);
         let mut stat = stat;
         for _ in 0..TRIES {
-            let digest = hash_file_contents(&path, stat.size)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let digest = match hash_file_contents(&path, stat.size) {
+                Ok(d) => Some(d),
+                // Cut shorter while it was mapped: look again (below) and hash it again.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot read {}", path.display()));
+                }
+            };
             self.files_read.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(file = %rel, size = stat.size, "hashed (stat cache miss)");
             self.bytes_read.fetch_add(stat.size, Ordering::Relaxed);
@@ -173,7 +179,9 @@ impl<'a> Hasher<'a> {
                 .with_context(|| format!("cannot read {}", path.display()))?;
             check_kind(&path, &after)?;
             let after = Stat::of(&after);
-            if after == stat {
+            if let Some(digest) = digest
+                && after == stat
+            {
                 self.stat.put(rel, stat, digest);
                 return Ok(FileHash {
                     digest,
@@ -517,6 +525,9 @@ pub fn hash_file_contents(path: &Path, size: u64) -> std::io::Result<blake3::Has
         ));
     }
     if size >= BIG_FILE {
+        if let Some(hashed) = crate::mapped::hash(&f) {
+            return hashed;
+        }
         return hash_big(f);
     }
     let mut buf = Vec::with_capacity(size as usize + 1);

@@ -19,6 +19,7 @@ pub mod graph;
 pub mod hash;
 pub mod html;
 pub mod lockfile;
+pub mod mapped;
 pub mod output;
 pub mod params;
 pub mod plan;
