@@ -57,6 +57,11 @@ fn path(layout: &Layout) -> PathBuf {
     layout.state().join("fresh.json")
 }
 
+/// Old enough to trust: a change after the signature was taken would show in it.
+fn settled(sig: &Sig, now_ns: i64) -> bool {
+    sig.newest() < now_ns - crate::state::RACY_NS
+}
+
 fn tree_path(layout: &Layout) -> PathBuf {
     layout.state().join("fresh.tree")
 }
@@ -166,7 +171,10 @@ pub fn keep(seen: &Seen) {
             .into_iter()
             .map(|(path, m)| (path, m.as_ref().map(Sig::of))),
     );
-    if !paths.iter().all(|(_, s)| s.is_none_or(|s| s.settled(now))) {
+    if !paths
+        .iter()
+        .all(|(_, s)| s.is_none_or(|s| settled(&s, now)))
+    {
         return;
     }
     for (path, _) in &mut paths {
@@ -218,16 +226,17 @@ pub fn keep(seen: &Seen) {
 
 #[cfg(test)]
 mod tests {
+    use super::settled;
     use crate::fsutil::Sig;
 
     #[test]
     fn only_a_signature_older_than_the_racy_window_is_settled() {
         let now = 10_000_000_000;
         let sig = |mtime, ctime| Sig::new(0o100644, 3, mtime, ctime, 1);
-        assert!(sig(now - 200_000_000, now - 200_000_000).settled(now));
+        assert!(settled(&sig(now - 200_000_000, now - 200_000_000), now));
         // Written 50 ms ago: a change in the same tick would not show.
-        assert!(!sig(now - 50_000_000, now - 200_000_000).settled(now));
+        assert!(!settled(&sig(now - 50_000_000, now - 200_000_000), now));
         // Content as old as it gets, but its inode changed (a rename, a chmod) just now.
-        assert!(!sig(now - 200_000_000, now - 50_000_000).settled(now));
+        assert!(!settled(&sig(now - 200_000_000, now - 50_000_000), now));
     }
 }

@@ -569,11 +569,6 @@ impl Sig {
         Sig(mode, size, mtime_ns, ctime_ns, ino)
     }
 
-    /// The signature of a regular file from the stat cache's view of it.
-    pub fn of_file(s: &crate::state::Stat) -> Sig {
-        Sig(0o100000 | s.mode, s.size, s.mtime_ns, s.ctime_ns, s.ino)
-    }
-
     /// Mode, size, mtime, ctime, inode.
     pub fn parts(&self) -> (u32, u64, i64, i64, u64) {
         (self.0, self.1, self.2, self.3, self.4)
@@ -604,11 +599,6 @@ impl Sig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
-    }
-
-    /// Old enough to trust: a change after it was taken would show in it.
-    pub fn settled(&self, now_ns: i64) -> bool {
-        self.2 < now_ns - crate::state::RACY_NS && self.3 < now_ns - crate::state::RACY_NS
     }
 }
 

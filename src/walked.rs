@@ -34,6 +34,11 @@ pub struct Tree {
     unprovable: bool,
 }
 
+/// The signature of a regular file from the stat cache's view of it.
+fn file_sig(s: &Stat) -> Sig {
+    Sig::new(0o100000 | s.mode, s.size, s.mtime_ns, s.ctime_ns, s.ino)
+}
+
 fn put_sig(out: &mut Vec<u8>, s: &Sig) {
     let (mode, size, mtime, ctime, ino) = s.parts();
     out.extend_from_slice(&mode.to_le_bytes());
@@ -99,7 +104,7 @@ impl Tree {
                 self.unprovable = true;
                 return;
             }
-            let sig = Sig::of_file(stat);
+            let sig = file_sig(stat);
             self.newest = self.newest.max(sig.newest());
             put_sig(&mut self.bytes, &sig);
         }
