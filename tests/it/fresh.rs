@@ -221,3 +221,18 @@ fn a_symlink_in_a_folder_dep_is_never_proven() {
     ws.write("real.txt", "2");
     ws.pipe(&["status"]).code(1).out_has("dep changed: data");
 }
+
+#[test]
+fn a_build_still_prunes_the_lock_entry_of_a_removed_stage() {
+    let ws = proven_ws();
+    let only_prep = &PIPELINE[..PIPELINE.find("[stages.train]").unwrap()];
+    ws.write("Pipeline.toml", only_prep);
+    settle();
+    ws.pipe(&["status"]).ok();
+    // status may prove prep up to date, but a build has the lock entry of train to prune.
+    assert!(proven(&ws, &["status"]));
+    assert!(ws.read("Pipeline.lock").contains("train"));
+    ws.pipe(&["build"]).ok();
+    assert!(!ws.read("Pipeline.lock").contains("train"));
+    assert_eq!(ws.count("runs_prep.txt"), 1);
+}
