@@ -66,12 +66,8 @@ fn tree_path(layout: &Layout) -> PathBuf {
     layout.state().join("fresh.tree")
 }
 
-/// The length of the id a tree file starts with.
-const TREE_ID: usize = 16;
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// The length of the id a tree file starts with (a blake3 hash's bytes).
+const TREE_ID: usize = 32;
 
 /// The key of a proof for the pipeline whose built key is `built` and this selection.
 fn key(built: &blake3::Hash, sel: &Selection) -> blake3::Hash {
@@ -89,9 +85,7 @@ pub fn check(built: &blake3::Hash, root: &Path, file: &Path, sel: &Selection) ->
     }
     let layout = Layout::for_file(root, file, None, None);
     let proof: Proof = crate::snapshot::read(&path(&layout), &key(built, sel))?;
-    let same_bytes = |f: &Path, hex: &str| {
-        std::fs::read(f).is_ok_and(|b| blake3::hash(&b).to_hex().as_str() == hex)
-    };
+    use crate::snapshot::same_bytes;
     let holds = same_bytes(&layout.lockfile(), &proof.lock)
         && proof.files.iter().all(|(f, hex)| same_bytes(f, hex))
         && proof
@@ -101,8 +95,9 @@ pub fn check(built: &blake3::Hash, root: &Path, file: &Path, sel: &Selection) ->
         && crate::wslock::live_holder(&layout).is_none()
         && proof.tree.as_ref().is_none_or(|hex| {
             crate::fsutil::read_own(&tree_path(&layout)).is_ok_and(|b| {
-                b.split_at_checked(TREE_ID).is_some_and(|(id, rest)| {
-                    hex_of(id) == *hex && crate::walked::holds(root, rest)
+                b.split_first_chunk::<TREE_ID>().is_some_and(|(id, rest)| {
+                    blake3::Hash::from_bytes(*id).to_hex().as_str() == hex
+                        && crate::walked::holds(root, rest)
                 })
             })
         });
@@ -192,13 +187,12 @@ pub fn keep(seen: &Seen) {
             h.update(&now.to_le_bytes());
             h.update(&std::process::id().to_le_bytes());
             h.update(&(bytes.len() as u64).to_le_bytes());
-            let hash = h.finalize();
-            let id = &hash.as_bytes()[..TREE_ID];
-            bytes.splice(0..0, id.iter().copied());
+            let id = h.finalize();
+            bytes.splice(0..0, id.as_bytes().iter().copied());
             if crate::fsutil::quick_write(&tree_path(layout), &bytes).is_err() {
                 return;
             }
-            Some(hex_of(id))
+            Some(id.to_hex().to_string())
         }
         None => None,
     };

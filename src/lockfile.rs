@@ -81,12 +81,13 @@ impl LockFile {
                 crate::source::utf8(&display, bytes.clone()).map_err(crate::error::invalid)?;
             Self::parse(&text).map_err(|e| crate::error::invalid(format!("{display}:{e}")))
         };
-        let lock = crate::snapshot::cached(snapshot, &bytes, parse, |lf: &LockFile| {
+        let key = crate::snapshot::key(&bytes);
+        let lock = crate::snapshot::cached(snapshot, &key, parse, |lf: &LockFile| {
             lf.stages
                 .values()
                 .all(|e| e.params.values().all(crate::snapshot::json_exact))
         })?;
-        Ok((lock, Some(crate::snapshot::key(&bytes))))
+        Ok((lock, Some(key)))
     }
 
     /// Parse the lock's text. An error starts with `LINE:COL: ` (or `LINE: `) so the

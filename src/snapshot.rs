@@ -36,6 +36,11 @@ pub fn key(bytes: &[u8]) -> blake3::Hash {
     blake3::hash(bytes)
 }
 
+/// Whether the file at `path` still holds the bytes whose key is `hex` (as text).
+pub fn same_bytes(path: &Path, hex: &str) -> bool {
+    std::fs::read(path).is_ok_and(|b| key(&b).to_hex().as_str() == hex)
+}
+
 /// The value in the snapshot at `path`, if it was made from the bytes whose key is `key`.
 pub fn read<T: DeserializeOwned>(path: &Path, key: &blake3::Hash) -> Option<T> {
     let bytes = crate::fsutil::read_own(path).ok()?;
@@ -70,22 +75,21 @@ pub fn write<T: Serialize>(path: &Path, key: &blake3::Hash, value: &T) {
     }
 }
 
-/// `parse` of `bytes` through the snapshot at `path`: the snapshot's value when it was made
-/// from these bytes, else `parse()`'s, kept for next time when `exact` says JSON carries it
+/// A parse through the snapshot at `path`: the snapshot's value when it was made from the
+/// bytes whose [`key`] is `key`, else `parse()`'s, kept for next time when `exact` says JSON carries it
 /// exactly. A parse error is returned as it is (and nothing is kept).
 pub fn cached<T: Serialize + DeserializeOwned, E>(
     path: &Path,
-    bytes: &[u8],
+    key: &blake3::Hash,
     parse: impl FnOnce() -> Result<T, E>,
     exact: impl FnOnce(&T) -> bool,
 ) -> Result<T, E> {
-    let k = key(bytes);
-    if let Some(v) = read(path, &k) {
+    if let Some(v) = read(path, key) {
         return Ok(v);
     }
     let v = parse()?;
     if exact(&v) {
-        write(path, &k, &v);
+        write(path, key, &v);
     }
     Ok(v)
 }

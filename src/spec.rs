@@ -243,7 +243,7 @@ pub fn parse(text: &str) -> Result<RawPipeline, toml::de::Error> {
 pub fn parse_cached(text: &str, snapshot: &Path) -> Result<RawPipeline, toml::de::Error> {
     crate::snapshot::cached(
         snapshot,
-        text.as_bytes(),
+        &crate::snapshot::key(text.as_bytes()),
         || parse(text),
         |raw: &RawPipeline| raw.json_exact(),
     )

@@ -76,9 +76,10 @@ pub(super) fn key(text: &str, root: &Path, opts: &super::LoadOptions) -> blake3:
 /// What is kept at `at` for `key`, if nothing it was built from has changed since.
 pub(super) fn read(at: &Path, key: &blake3::Hash, root: &Path, stats: &StatMemo) -> Option<Kept> {
     let b = crate::snapshot::read::<Owned>(at, key)?;
-    let same_files = b.files.iter().all(|(f, hex)| {
-        std::fs::read(f).is_ok_and(|bytes| blake3::hash(&bytes).to_hex().as_str() == hex)
-    });
+    let same_files = b
+        .files
+        .iter()
+        .all(|(f, hex)| crate::snapshot::same_bytes(f, hex));
     let same_paths = b.paths.iter().all(|(rel, l, s)| {
         let full = if rel.as_os_str().is_empty() {
             root.to_path_buf()
