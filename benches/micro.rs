@@ -103,15 +103,14 @@ fn benches(c: &mut Criterion) {
     c.bench_function("plan 1,000 stages (status)", |b| {
         b.iter(|| {
             black_box(
-                pipe::plan::upfront(
-                    &p,
-                    &all,
-                    &lock,
-                    &planner,
-                    &BTreeSet::new(),
-                    &BTreeSet::new(),
-                    &pipe::plan::NoReleases,
-                )
+                pipe::plan::Upfront {
+                    lock: &lock,
+                    planner: &planner,
+                    forced: &BTreeSet::new(),
+                    incomplete: &BTreeSet::new(),
+                    releases: &pipe::plan::NoReleases,
+                }
+                .all(&p, &all)
                 .unwrap(),
             )
         })

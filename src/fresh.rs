@@ -79,12 +79,14 @@ fn key(built: &blake3::Hash, sel: &Selection) -> blake3::Hash {
 
 /// The proof for this pipeline and selection, when everything it names is unchanged and
 /// no build holds the workspace.
-pub fn check(built: &blake3::Hash, root: &Path, file: &Path, sel: &Selection) -> Option<Proof> {
+pub fn check(file: &Path, load: &crate::graph::LoadOptions, sel: &Selection) -> Option<Proof> {
     if tracing::enabled!(tracing::Level::DEBUG) {
         return None; // the full path logs every stage's verdict
     }
+    let (built, root) = crate::graph::Pipeline::built_key(file, load)?;
+    let root = root.as_path();
     let layout = Layout::for_file(root, file, None, None);
-    let proof: Proof = crate::snapshot::read(&path(&layout), &key(built, sel))?;
+    let proof: Proof = crate::snapshot::read(&path(&layout), &key(&built, sel))?;
     use crate::snapshot::same_bytes;
     let holds = same_bytes(&layout.lockfile(), &proof.lock)
         && proof.files.iter().all(|(f, hex)| same_bytes(f, hex))
@@ -118,19 +120,23 @@ pub struct Seen<'a> {
     pub lock: Option<blake3::Hash>,
     pub hasher: &'a crate::hash::Hasher<'a>,
     pub build: bool,
-    /// The selected stages in plan order.
-    pub stages: &'a [usize],
+    /// The plan of the selected stages.
+    pub planned: &'a [crate::plan::Planned],
 }
 
-/// Keep the proof of a plan that found every selected stage up to date (best effort: the
+/// Keep the proof of a plan if it found every selected stage up to date (best effort: the
 /// plain case only, see the module's text).
 pub fn keep(seen: &Seen) {
     let p = seen.p;
     let Some(lock) = seen.lock else { return };
     let Some(built) = &p.built else { return };
-    let plain = seen.stages.iter().all(|&i| {
-        let s = &p.stages[i];
-        s.gate.is_none() && !s.release && !s.frozen && !s.runs_every_time()
+    let plain = seen.planned.iter().all(|pl| {
+        let s = &p.stages[pl.stage];
+        pl.state == crate::stage_state::StageState::UpToDate
+            && s.gate.is_none()
+            && !s.release
+            && !s.frozen
+            && !s.runs_every_time()
     });
     if !plain {
         return;
@@ -204,10 +210,10 @@ pub fn keep(seen: &Seen) {
         runs: layout.runs.clone(),
         build: seen.build,
         stages: seen
-            .stages
+            .planned
             .iter()
-            .map(|&i| {
-                let s = &p.stages[i];
+            .map(|pl| {
+                let s = &p.stages[pl.stage];
                 (
                     s.name.clone(),
                     (s.source_name != s.name).then(|| s.source_name.clone()),

@@ -1,7 +1,7 @@
 //! Fingerprints and verdicts. Two steps: [`observe`] does the I/O (hash deps and outs);
 //! [`judge`] is a pure function from what was observed and the lock entry to the list of
 //! [`Reason`]s. A [`Planner`] adds the cache lookup (and the remote, with `--pull`) for
-//! stale stages, and [`upfront`] judges a whole selection at once for `status` and
+//! stale stages, and [`Upfront`] judges a whole selection at once for `status` and
 //! `build --dry-run`, so the two can never disagree.
 
 use crate::cache::{Cache, RunEntry};
@@ -545,109 +545,120 @@ impl Planned {
     }
 }
 
-/// Judge every selected stage in topological order. A stage downstream of one that is not
-/// up to date also gets `upstream stale` (it may run: the build re-checks it); a stage
-/// downstream of an up-to-date stage whose gate fails now is `blocked`.
-pub fn upfront(
-    p: &Pipeline,
-    selected: &BTreeSet<usize>,
-    lock: &LockFile,
-    planner: &Planner,
-    forced: &BTreeSet<usize>,
-    incomplete: &BTreeSet<String>,
-    releases: &dyn Releases,
-) -> Result<Vec<Planned>> {
-    let all = upfront_until(
-        p, selected, lock, planner, forced, incomplete, releases, false,
-    )?;
-    Ok(all.unwrap_or_default())
+/// What judging a whole selection up front needs besides the pipeline: the lock, the
+/// planner, the stages forced, those cut off last time and the release state.
+pub struct Upfront<'a> {
+    pub lock: &'a LockFile,
+    pub planner: &'a Planner<'a>,
+    pub forced: &'a BTreeSet<usize>,
+    pub incomplete: &'a BTreeSet<String>,
+    pub releases: &'a dyn Releases,
 }
 
-/// [`upfront`], or with `stop_at_attention` (is a build a no-op?) `None` as soon as a
-/// selected stage needs attention, without judging the rest.
-#[allow(clippy::too_many_arguments)]
-pub fn upfront_until(
-    p: &Pipeline,
-    selected: &BTreeSet<usize>,
-    lock: &LockFile,
-    planner: &Planner,
-    forced: &BTreeSet<usize>,
-    incomplete: &BTreeSet<String>,
-    releases: &dyn Releases,
-    stop_at_attention: bool,
-) -> Result<Option<Vec<Planned>>> {
-    let mut out: Vec<Planned> = Vec::new();
-    let mut pos: HashMap<usize, usize> = HashMap::new();
-    // Stage → the reason its downstream is blocked.
-    let mut blocks: HashMap<usize, Reason> = HashMap::new();
-    for &i in &p.order {
-        if !selected.contains(&i) {
-            continue;
-        }
-        let stage = &p.stages[i];
-        let upstream_block = stage.upstream.iter().find_map(|u| blocks.get(u).cloned());
-        let planned = if let Some(why) = upstream_block {
-            blocks.insert(i, why.clone());
-            Planned {
-                stage: i,
-                state: StageState::Blocked,
-                reasons: vec![why],
-            }
-        } else {
-            let opts = JudgeOpts {
-                forced: forced.contains(&i),
-                incomplete: incomplete.contains(&stage.name),
-            };
-            let j = planner.judge(stage, lock.stages.get(&stage.name), opts, true)?;
-            let (mut state, mut reasons) = match held_back(stage, &j, releases) {
-                Some(why) => (StageState::RolledBack, vec![why]),
-                None => (j.verdict.state(), j.verdict.reasons().to_vec()),
-            };
-            for path in frozen_missing(p, stage) {
-                reasons.push(Reason::OutMissing { path });
-            }
-            let stale_up: Vec<Reason> = stage
-                .upstream
-                .iter()
-                .filter_map(|u| pos.get(u).map(|&k| &out[k]))
-                .filter(|u| !u.state.is_fresh())
-                .map(|u| Reason::UpstreamStale {
-                    stage: p.stages[u.stage].name.clone(),
-                })
-                .collect();
-            if !stale_up.is_empty() && !stage.frozen {
-                reasons.extend(stale_up);
-                if state.is_fresh() {
-                    state = StageState::Stale;
-                }
-            }
-            if state.is_fresh()
-                && let Some(spec) = &stage.gate
-                && let g = crate::gate::evaluate(spec, &stage.name, &p.root, false)
-                && !g.passed
-                && !releases.overridden(&spec.name, g.file_hash.as_deref())
-            {
-                blocks.insert(
-                    i,
-                    Reason::GateFailed {
-                        gate: spec.name.clone(),
-                        stage: stage.name.clone(),
-                    },
-                );
-            }
-            Planned {
-                stage: i,
-                state,
-                reasons,
-            }
-        };
-        if stop_at_attention && planned.needs_attention() {
-            return Ok(None);
-        }
-        pos.insert(i, out.len());
-        out.push(planned);
+impl Upfront<'_> {
+    /// Judge every selected stage in topological order. A stage downstream of one that is
+    /// not up to date also gets `upstream stale` (it may run: the build re-checks it); a
+    /// stage downstream of an up-to-date stage whose gate fails now is `blocked`.
+    pub fn all(&self, p: &Pipeline, selected: &BTreeSet<usize>) -> Result<Vec<Planned>> {
+        Ok(self.judge(p, selected, false)?.unwrap_or_default())
     }
-    Ok(Some(out))
+
+    /// [`all`](Self::all), or `None` as soon as a selected stage needs attention, without
+    /// judging the rest (is a build a no-op?).
+    pub fn until_attention(
+        &self,
+        p: &Pipeline,
+        selected: &BTreeSet<usize>,
+    ) -> Result<Option<Vec<Planned>>> {
+        self.judge(p, selected, true)
+    }
+
+    fn judge(
+        &self,
+        p: &Pipeline,
+        selected: &BTreeSet<usize>,
+        stop_at_attention: bool,
+    ) -> Result<Option<Vec<Planned>>> {
+        let Upfront {
+            lock,
+            planner,
+            forced,
+            incomplete,
+            releases,
+        } = *self;
+        let mut out: Vec<Planned> = Vec::new();
+        let mut pos: HashMap<usize, usize> = HashMap::new();
+        // Stage → the reason its downstream is blocked.
+        let mut blocks: HashMap<usize, Reason> = HashMap::new();
+        for &i in &p.order {
+            if !selected.contains(&i) {
+                continue;
+            }
+            let stage = &p.stages[i];
+            let upstream_block = stage.upstream.iter().find_map(|u| blocks.get(u).cloned());
+            let planned = if let Some(why) = upstream_block {
+                blocks.insert(i, why.clone());
+                Planned {
+                    stage: i,
+                    state: StageState::Blocked,
+                    reasons: vec![why],
+                }
+            } else {
+                let opts = JudgeOpts {
+                    forced: forced.contains(&i),
+                    incomplete: incomplete.contains(&stage.name),
+                };
+                let j = planner.judge(stage, lock.stages.get(&stage.name), opts, true)?;
+                let (mut state, mut reasons) = match held_back(stage, &j, releases) {
+                    Some(why) => (StageState::RolledBack, vec![why]),
+                    None => (j.verdict.state(), j.verdict.reasons().to_vec()),
+                };
+                for path in frozen_missing(p, stage) {
+                    reasons.push(Reason::OutMissing { path });
+                }
+                let stale_up: Vec<Reason> = stage
+                    .upstream
+                    .iter()
+                    .filter_map(|u| pos.get(u).map(|&k| &out[k]))
+                    .filter(|u| !u.state.is_fresh())
+                    .map(|u| Reason::UpstreamStale {
+                        stage: p.stages[u.stage].name.clone(),
+                    })
+                    .collect();
+                if !stale_up.is_empty() && !stage.frozen {
+                    reasons.extend(stale_up);
+                    if state.is_fresh() {
+                        state = StageState::Stale;
+                    }
+                }
+                if state.is_fresh()
+                    && let Some(spec) = &stage.gate
+                    && let g = crate::gate::evaluate(spec, &stage.name, &p.root, false)
+                    && !g.passed
+                    && !releases.overridden(&spec.name, g.file_hash.as_deref())
+                {
+                    blocks.insert(
+                        i,
+                        Reason::GateFailed {
+                            gate: spec.name.clone(),
+                            stage: stage.name.clone(),
+                        },
+                    );
+                }
+                Planned {
+                    stage: i,
+                    state,
+                    reasons,
+                }
+            };
+            if stop_at_attention && planned.needs_attention() {
+                return Ok(None);
+            }
+            pos.insert(i, out.len());
+            out.push(planned);
+        }
+        Ok(Some(out))
+    }
 }
 
 #[cfg(test)]

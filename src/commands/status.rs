@@ -76,17 +76,16 @@ pub fn rows(p: &Pipeline, targets: &[String]) -> Result<(Vec<Row>, u64)> {
         });
     }
     let rel = crate::record::release::ReleaseState::load(&p.layout.state());
-    let planned = plan::upfront(
-        p,
-        &sel.selected,
-        &lock,
-        &planner,
-        &BTreeSet::new(),
-        &incomplete,
-        &rel,
-    )?;
+    let planned = plan::Upfront {
+        lock: &lock,
+        planner: &planner,
+        forced: &BTreeSet::new(),
+        incomplete: &incomplete,
+        releases: &rel,
+    }
+    .all(p, &sel.selected)?;
     let _ = stat.save(&p.layout.stat_cache());
-    if live.is_none() && planned.iter().all(|pl| pl.state == StageState::UpToDate) {
+    if live.is_none() {
         crate::fresh::keep(&crate::fresh::Seen {
             p,
             sel: crate::fresh::Selection {
@@ -96,7 +95,7 @@ pub fn rows(p: &Pipeline, targets: &[String]) -> Result<(Vec<Row>, u64)> {
             lock: lock_key,
             hasher: &planner.hasher,
             build: lock.stages.keys().all(|k| p.index.contains_key(k)),
-            stages: &planned.iter().map(|pl| pl.stage).collect::<Vec<_>>(),
+            planned: &planned,
         });
     }
     let rows = planned
@@ -147,12 +146,11 @@ struct StageJson<'a> {
 
 /// The rows of a no-op a [`crate::fresh`] proof still holds for.
 fn proven(file: &std::path::Path, opts: &LoadOptions, targets: &[String]) -> Option<Vec<Row>> {
-    let (key, root) = Pipeline::built_key(file, opts)?;
     let sel = crate::fresh::Selection {
         names: targets,
         downstream: false,
     };
-    let proof = crate::fresh::check(&key, &root, file, &sel)?;
+    let proof = crate::fresh::check(file, opts, &sel)?;
     let rows = proof.stages.into_iter().map(|(name, group)| Row {
         name,
         running: None,

@@ -75,7 +75,7 @@ fn stop_leftovers(p: &Pipeline, open: &BTreeMap<String, markers::Marker>, rep: &
 }
 
 /// A build with nothing to do keeps no books. When every selected stage is fresh, as
-/// `status` would say (the same [`plan::upfront_until`]), it opens no run folder, event log or manifest and
+/// `status` would say (the same [`plan::Upfront`]), it opens no run folder, event log or manifest and
 /// writes nothing but the stat cache: the stages' verdicts go to the terminal and the
 /// summary. Whatever could make a build with fresh stages write something takes the full
 /// path instead: `--force`, `--pull` / `--push`, gate overrides, gated or release stages,
@@ -111,36 +111,28 @@ fn noop(
         remote: None,
     };
     let rel = crate::record::release::ReleaseState::load(&p.layout.state());
-    let Some(planned) = plan::upfront_until(
-        p,
-        &sel.selected,
+    let upfront = plan::Upfront {
         lock,
-        &planner,
-        &sel.forced,
+        planner: &planner,
+        forced: &sel.forced,
         incomplete,
-        &rel,
-        true,
-    )?
-    else {
+        releases: &rel,
+    };
+    let Some(planned) = upfront.until_attention(p, &sel.selected)? else {
         return Ok(None);
     };
     let _ = stat.save(&p.layout.stat_cache());
-    if planned
-        .iter()
-        .all(|pl| pl.state == crate::stage_state::StageState::UpToDate)
-    {
-        crate::fresh::keep(&crate::fresh::Seen {
-            p,
-            sel: crate::fresh::Selection {
-                names: &opts.targets.names,
-                downstream: opts.targets.downstream,
-            },
-            lock: lock_key,
-            hasher: &planner.hasher,
-            build: true,
-            stages: &planned.iter().map(|pl| pl.stage).collect::<Vec<_>>(),
-        });
-    }
+    crate::fresh::keep(&crate::fresh::Seen {
+        p,
+        sel: crate::fresh::Selection {
+            names: &opts.targets.names,
+            downstream: opts.targets.downstream,
+        },
+        lock: lock_key,
+        hasher: &planner.hasher,
+        build: true,
+        planned: &planned,
+    });
     for pl in &planned {
         tracing::debug!(
             stage = %p.stages[pl.stage].name,
@@ -225,15 +217,14 @@ pub fn build(p: &Pipeline, opts: &BuildOptions, rep: &mut Reporter) -> Result<Su
             remote: None,
         };
         let rel = crate::record::release::ReleaseState::load(&p.layout.state());
-        let planned = plan::upfront(
-            p,
-            &sel.selected,
-            &lock,
-            &planner,
-            &sel.forced,
-            &markers::incomplete(p),
-            &rel,
-        )?;
+        let planned = plan::Upfront {
+            lock: &lock,
+            planner: &planner,
+            forced: &sel.forced,
+            incomplete: &markers::incomplete(p),
+            releases: &rel,
+        }
+        .all(p, &sel.selected)?;
         let _ = stat.save(&p.layout.stat_cache());
         rep.dry_run(p, &planned);
         return Ok(Summary {
