@@ -66,5 +66,31 @@ fn main() {
             code
         }
     };
+    log_cpu_used();
     std::process::exit(code);
+}
+
+/// With `PIPE_LOG=pipe::usage=debug`: the CPU time pipe used itself and what its stages
+/// used, for profiling pipe's own cost per stage (the benchmark's overhead figures).
+fn log_cpu_used() {
+    if !tracing::enabled!(target: "pipe::usage", tracing::Level::DEBUG) {
+        return;
+    }
+    let of = |who| {
+        // SAFETY: `getrusage` fills the zeroed struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut u) };
+        let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        (s(u.ru_utime), s(u.ru_stime))
+    };
+    let (user, sys) = of(libc::RUSAGE_SELF);
+    let (c_user, c_sys) = of(libc::RUSAGE_CHILDREN);
+    tracing::debug!(
+        target: "pipe::usage",
+        user_s = format!("{user:.3}"),
+        sys_s = format!("{sys:.3}"),
+        children_user_s = format!("{c_user:.3}"),
+        children_sys_s = format!("{c_sys:.3}"),
+        "CPU time used"
+    );
 }

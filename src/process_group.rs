@@ -5,9 +5,11 @@
 //!   grandchild that ignores SIGTERM) is stopped: SIGTERM, then SIGKILL after the grace
 //!   period ([`drain`]). So a stage's processes never write after it was recorded.
 //! - A [`Watchdog`] is forked when a build starts, before any thread exists. It sits in its own
-//!   session, ignores signals, and reads the groups the build registers through a pipe. If
-//!   pipe dies without saying goodbye (`kill -9`, the OOM killer), the pipe reaches EOF and the
-//!   watchdog stops every registered group (TERM, then KILL after 2 s), then exits.
+//!   session, ignores signals, and sleeps on a pipe. The build registers its groups in a
+//!   table of atomics in memory shared with the watchdog (no system call, no wake-up per
+//!   stage; through the pipe only if the table is full). If pipe dies without saying goodbye
+//!   (`kill -9`, the OOM killer), the pipe reaches EOF and the watchdog stops every group in
+//!   the table (TERM, then KILL after 2 s), then exits.
 //! - Running markers also record the group and its leader's start time, so a later build
 //!   stops anything an earlier run of a stage left alive before starting it again
 //!   ([`stop_leftover`]); this covers a watchdog that was killed too.
@@ -15,7 +17,11 @@
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
+
+/// Groups the shared table holds; more at once go through the pipe.
+const SLOTS: usize = 1024;
 
 /// Whether any process of group `pg` is alive.
 pub fn alive(pg: i32) -> bool {
@@ -100,6 +106,30 @@ pub fn stop_leftover(g: Recorded, grace: Duration) -> bool {
 /// The build's side of the watchdog: register groups as they start and end.
 pub struct Watchdog {
     tx: Mutex<std::fs::File>,
+    /// Live groups, 0 for a free slot: memory the watchdog shares.
+    table: &'static [AtomicI32],
+}
+
+/// A zeroed table of `SLOTS` atomics in an anonymous shared mapping (kept for the life of
+/// the process), which a forked child sees as it is written.
+fn shared_table() -> Option<&'static [AtomicI32]> {
+    let bytes = SLOTS * std::mem::size_of::<AtomicI32>();
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: a fresh, zero-filled, page-aligned mapping of `bytes` bytes that is never
+    // unmapped; `AtomicI32` has the size and alignment of `i32`.
+    Some(unsafe { std::slice::from_raw_parts(p.cast::<AtomicI32>(), SLOTS) })
 }
 
 impl Watchdog {
@@ -107,6 +137,7 @@ impl Watchdog {
     /// build): the child only reads a pipe, sends signals and sleeps. `None` if it cannot be
     /// started (the build then still drains groups itself; only `kill -9` is uncovered).
     pub fn start() -> Option<Watchdog> {
+        let table = shared_table()?;
         let mut fds = [0 as libc::c_int; 2];
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             return None;
@@ -117,12 +148,13 @@ impl Watchdog {
             0 => {
                 // The child: never returns.
                 drop(wr);
-                watch(rd.as_raw_fd())
+                watch(rd.as_raw_fd(), table)
             }
             _ => {
                 drop(rd);
                 Some(Watchdog {
                     tx: Mutex::new(std::fs::File::from(wr)),
+                    table,
                 })
             }
         }
@@ -136,11 +168,23 @@ impl Watchdog {
     }
 
     pub fn register(&self, pg: i32) {
-        self.send(&format!("+{pg}\n"));
+        let free = self.table.iter().any(|slot| {
+            slot.compare_exchange(0, pg, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        });
+        if !free {
+            self.send(&format!("+{pg}\n"));
+        }
     }
 
     pub fn unregister(&self, pg: i32) {
-        self.send(&format!("-{pg}\n"));
+        let found = self.table.iter().any(|slot| {
+            slot.compare_exchange(pg, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        });
+        if !found {
+            self.send(&format!("-{pg}\n"));
+        }
     }
 
     /// The build ended normally: the watchdog exits without touching anything.
@@ -149,9 +193,10 @@ impl Watchdog {
     }
 }
 
-/// The watchdog process: read registrations until EOF; on EOF without `done`, stop every
-/// group still registered. Runs in the forked child only.
-fn watch(fd: libc::c_int) -> ! {
+/// The watchdog process: read the pipe until EOF; on EOF without `done`, stop every group
+/// still registered (in the table, or by a message when it was full). Runs in the forked
+/// child only.
+fn watch(fd: libc::c_int, table: &[AtomicI32]) -> ! {
     unsafe {
         libc::setsid();
         for sig in [
@@ -211,6 +256,12 @@ fn watch(fd: libc::c_int) -> ! {
         }
     };
     if !dismissed {
+        groups.extend(
+            table
+                .iter()
+                .map(|slot| slot.load(Ordering::SeqCst))
+                .filter(|&pg| pg > 0),
+        );
         for &pg in &groups {
             signal(pg, libc::SIGTERM);
         }

@@ -117,39 +117,78 @@ impl Scheduler {
     }
 
     /// Everything that can happen now, in order. Poll again after feeding results in.
+    ///
+    /// Stages are judged in topological order, only as far ahead as needed: a judged stage
+    /// starts once every stage before it in the order has been judged, and judging stops
+    /// when `-j` stages wait judged (a look-ahead, so a freed slot never waits for a judge)
+    /// unless an unjudged stage comes before a waiting one. A wide build's first stage thus
+    /// starts after one judge instead of after all of them, and the rest are judged while
+    /// stages run.
     pub fn poll(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
-        while let Some((_, i)) = self.ready.pop_first() {
-            if let Some(a) = self.not_started(i) {
-                actions.push(a);
-            } else {
-                self.judging.insert(i);
-                actions.push(Action::Judge(i));
+        loop {
+            let before = actions.len();
+            if self.stop {
+                while let Some((_, i)) = self.ready.pop_first() {
+                    // With `stop` set every ready stage is skipped (or blocked).
+                    if let Some(a) = self.not_started(i) {
+                        actions.push(a);
+                    }
+                }
+                for ((_, i), _) in std::mem::take(&mut self.runnable) {
+                    let reason = self.stop_reason();
+                    self.settle(i, Settled::Skipped);
+                    actions.push(Action::Skip { stage: i, reason });
+                }
+                // Settling may have readied more stages: they are skipped too.
+                if self.ready.is_empty() {
+                    return actions;
+                }
+                continue;
+            }
+            self.start_in_order(&mut actions);
+            while let Some(&(_, i)) = self.ready.first() {
+                if !self.wants_judging() {
+                    break;
+                }
+                self.ready.pop_first();
+                match self.not_started(i) {
+                    Some(a) => actions.push(a),
+                    None => {
+                        self.judging.insert(i);
+                        actions.push(Action::Judge(i));
+                    }
+                }
+            }
+            // Judges come back (`judged`, `finished`) before the next poll; skips and
+            // blocks may have readied or unblocked stages: look again.
+            if !self.judging.is_empty() || actions.len() == before {
+                return actions;
             }
         }
-        // Judge everything ready before starting anything, so what starts next is the first
-        // runnable stage in topological order.
-        if !self.judging.is_empty() {
-            return actions;
+    }
+
+    /// Whether to judge the next ready stage now: fewer than `-j` stages are judged and
+    /// waiting (or being judged), or it comes before one that waits.
+    fn wants_judging(&self) -> bool {
+        let ahead = self.judging.len() + self.runnable.len();
+        if ahead < self.jobs {
+            return true;
         }
-        if self.stop {
-            for ((_, i), _) in std::mem::take(&mut self.runnable) {
-                let reason = self.stop_reason();
-                self.settle(i, Settled::Skipped);
-                actions.push(Action::Skip { stage: i, reason });
-            }
-            // Settling may have readied more stages: they are skipped too.
-            if !self.ready.is_empty() {
-                actions.extend(self.poll());
-            }
-            return actions;
+        match (self.ready.first(), self.runnable.first_key_value()) {
+            (Some(&(r, _)), Some((&(w, _), _))) => r < w,
+            _ => false,
         }
-        // In order, from the first runnable stage on, until the slots are full: a stage
-        // whose resources are taken is passed over. (Copying the whole runnable set on each
-        // poll made a wide build quadratic.)
+    }
+
+    /// Start judged stages in order, until the slots are full, among those that precede
+    /// every stage not judged yet: a stage whose resources are taken is passed over.
+    /// (Copying the whole runnable set on each poll made a wide build quadratic.)
+    fn start_in_order(&mut self, actions: &mut Vec<Action>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let limit = self.ready.first().map(|&(pos, _)| pos);
         let mut after: Option<(usize, usize)> = None;
         while self.running.len() < self.jobs {
-            use std::ops::Bound::{Excluded, Unbounded};
             let next = match after {
                 None => self.runnable.iter().next(),
                 Some(k) => self.runnable.range((Excluded(k), Unbounded)).next(),
@@ -157,6 +196,9 @@ impl Scheduler {
             let Some((key, work)) = next.map(|(k, w)| (*k, *w)) else {
                 break;
             };
+            if limit.is_some_and(|l| key.0 > l) {
+                break;
+            }
             after = Some(key);
             let i = key.1;
             let want = match work {
@@ -174,7 +216,6 @@ impl Scheduler {
                 units,
             });
         }
-        actions
     }
 
     /// A ready stage that must not start, and why (upstream failed, skipped or blocked, or
@@ -437,6 +478,63 @@ mod tests {
     }
 
     #[test]
+    fn a_wide_build_starts_after_one_judge_and_judges_the_rest_while_it_runs() {
+        let mut s = Scheduler::new(
+            graph(6, &[]),
+            &[0, 1, 2, 3, 4, 5],
+            1,
+            false,
+            &BTreeMap::new(),
+        );
+        // One judge, then its start, then one look-ahead judge: not six judges first.
+        assert_eq!(s.poll(), [Action::Judge(0)]);
+        s.judged(0, Work::Run);
+        let acts = s.poll();
+        assert!(
+            matches!(acts[0], Action::Start { stage: 0, .. }),
+            "{acts:?}"
+        );
+        assert_eq!(acts[1..], [Action::Judge(1)]);
+        s.judged(1, Work::Run);
+        assert_eq!(s.poll(), []);
+        // An up-to-date stage judged ahead frees nothing: the next one is judged at once.
+        s.finished(0, Settled::Ok);
+        let acts = s.poll();
+        assert!(
+            matches!(acts[0], Action::Start { stage: 1, .. }),
+            "{acts:?}"
+        );
+        assert_eq!(acts[1..], [Action::Judge(2)]);
+        s.finished(2, Settled::Ok);
+        assert_eq!(s.poll(), [Action::Judge(3)]);
+    }
+
+    #[test]
+    fn a_stage_readied_later_but_earlier_in_the_order_is_judged_before_a_waiting_one_starts() {
+        // a -> b; c, d independent, later in the order. -j1: while a runs, c is judged ahead.
+        // When a ends, b (before c) is judged and starts first.
+        let mut s = Scheduler::new(
+            graph(4, &[(0, 1)]),
+            &[0, 1, 2, 3],
+            1,
+            false,
+            &BTreeMap::new(),
+        );
+        assert_eq!(s.poll(), [Action::Judge(0)]);
+        s.judged(0, Work::Run);
+        assert_eq!(s.poll().len(), 2); // start a, judge c
+        s.judged(2, Work::Run);
+        s.finished(0, Settled::Ok);
+        assert_eq!(s.poll(), [Action::Judge(1)]);
+        s.judged(1, Work::Run);
+        let acts = s.poll();
+        assert!(
+            matches!(acts[..], [Action::Start { stage: 1, .. }]),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
     fn runs_in_topological_order_one_at_a_time_with_j1() {
         // a -> b -> d, a -> c -> d
         let f = Fake::new(graph(4, &[(0, 1), (0, 2), (1, 3), (2, 3)]), 1, false, &[]).run_all();
@@ -553,7 +651,8 @@ mod tests {
 
     #[test]
     fn keep_going_builds_everything_not_downstream_of_a_failure() {
-        // a fails; c is downstream (skipped), d downstream of c (not built); b still runs.
+        // a fails; c is downstream (skipped), d downstream of c (not built); b still runs
+        // (judged while a ran, and before c in the order, it starts first).
         let mut f = Fake::new(graph(4, &[(0, 2), (2, 3)]), 1, true, &[]);
         f.fail.insert(0);
         let f = f.run_all();
@@ -562,9 +661,9 @@ mod tests {
             [
                 "start a",
                 "end a",
+                "start b",
                 "skip c (upstream failed: a)",
                 "skip d (upstream not built: c)",
-                "start b",
                 "end b"
             ]
         );
