@@ -308,6 +308,11 @@ impl Cache {
         let parent = dest.parent().unwrap_or(&self.dir);
         crate::fsutil::ensure_dir(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
+        if store_unnamed(src, &dest)
+            .with_context(|| format!("cannot store {} in the cache", src.display()))?
+        {
+            return Ok(());
+        }
         let tmp =
             self.prepare_tmp()?
                 .join(format!(".tmp-{}{}", crate::fsutil::tmp_tag(), unique()));
@@ -856,6 +861,76 @@ fn clone_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
         NO_CLONE.store(true, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Store `src` as `dest` through an unnamed file in `dest`'s folder (`O_TMPFILE`, read-only
+/// from birth), filled by a reflink or a copy and then linked under its name: one new inode
+/// and one folder entry, where a named temp file takes a second entry, its removal, a
+/// rename and two mode changes. A file killed halfway was never named, so it leaves no
+/// litter. Another writer that stored the same object first wins (same bytes).
+/// `Ok(false)` where the file system has no `O_TMPFILE` or `/proc` is missing: the caller
+/// takes the named temp file.
+fn store_unnamed(src: &Path, dest: &Path) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+    static NO_REFLINK: AtomicBool = AtomicBool::new(false);
+    if UNSUPPORTED.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let to = match std::fs::OpenOptions::new()
+        .write(true)
+        .mode(0o444)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            UNSUPPORTED.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    // The mode a named object gets too, whatever the umask (a shared cache is read by all).
+    to.set_permissions(std::fs::Permissions::from_mode(0o444))?;
+    let from = std::fs::File::open(src)?;
+    if NO_REFLINK.load(Ordering::Relaxed) || reflink_copy::reflink_file(&from, &to).is_err() {
+        NO_REFLINK.store(true, Ordering::Relaxed);
+        std::io::copy(&mut &from, &mut &to)?;
+    }
+    let name = |p: &[u8]| std::ffi::CString::new(p).map_err(std::io::Error::other);
+    let fd_path = name(format!("/proc/self/fd/{}", to.as_raw_fd()).as_bytes())?;
+    let dest_c = name(dest.as_os_str().as_bytes())?;
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            fd_path.as_ptr(),
+            libc::AT_FDCWD,
+            dest_c.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => Ok(true),
+        // No `/proc` (a bare chroot): name a temp file instead, from now on.
+        Some(libc::ENOENT) if !Path::new("/proc/self/fd").exists() => {
+            UNSUPPORTED.store(true, Ordering::Relaxed);
+            Ok(false)
+        }
+        _ => Err(e),
+    }
 }
 
 fn unique() -> u64 {

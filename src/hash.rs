@@ -514,7 +514,7 @@ fn check_kind(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
 /// cores. The file is opened without blocking and must be a regular file once open.
 pub fn hash_file_contents(path: &Path, size: u64) -> std::io::Result<blake3::Hash> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
@@ -530,8 +530,11 @@ pub fn hash_file_contents(path: &Path, size: u64) -> std::io::Result<blake3::Has
         }
         return hash_big(f);
     }
+    // Read through `Take`, not `File::read_to_end`, which asks the size and position again
+    // (a `statx` and an `lseek` per file): the capacity already fits the size seen, and
+    // the one byte more still finds a file that grew.
     let mut buf = Vec::with_capacity(size as usize + 1);
-    f.read_to_end(&mut buf)?;
+    (&f).take(u64::MAX).read_to_end(&mut buf)?;
     Ok(blake3::hash(&buf))
 }
 

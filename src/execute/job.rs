@@ -234,12 +234,13 @@ impl Job<'_> {
                 missing.push(o.path.clone());
                 continue;
             }
-            check_no_escape(self.root, &o.path)?;
             let out = if s.cacheable() {
+                // `store_out` refuses an out that escapes the workspace (it checks once).
                 self.cache
                     .store_out(self.root, &o.path, &h)
                     .map_err(outs_err)?
             } else {
+                check_no_escape(self.root, &o.path)?;
                 let mode = std::fs::metadata(self.root.join(&o.path))
                     .map(|m| m.permissions().mode() & 0o7777)
                     .unwrap_or(0o644);

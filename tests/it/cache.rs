@@ -628,3 +628,46 @@ fn gc_refuses_when_it_cannot_read_a_reference() {
     r.err_has("manifest.json");
     assert_eq!(files_under(&cache), before);
 }
+
+#[test]
+fn two_stages_storing_the_same_bytes_share_one_object_and_leave_no_temp_file() {
+    let ws = Ws::new(
+        r#"
+[stages.a]
+cmd = "echo same > a.txt"
+outs = ["a.txt"]
+
+[stages.b]
+cmd = "echo same > b.txt"
+outs = ["b.txt"]
+"#,
+    );
+    ws.pipe(&["build", "-j", "2"]).ok();
+    let digest = out_hash(&ws, "a", "a.txt");
+    assert_eq!(digest, out_hash(&ws, "b", "b.txt"));
+    let cache = ws.path(".pipe/cache");
+    let obj = object(&cache, &digest);
+    assert_eq!(std::fs::read_to_string(&obj).unwrap(), "same\n");
+    assert_eq!(std::fs::metadata(&obj).unwrap().mode() & 0o777, 0o444);
+    // Every file in the cache is a named object or entry: nothing half-written, no temp file.
+    let objects: Vec<PathBuf> = files_under(&cache.join("objects"));
+    assert_eq!(objects, [obj.clone()], "{objects:?}");
+    let all: Vec<PathBuf> = files_under(&cache)
+        .iter()
+        .map(|f| f.strip_prefix(&cache).unwrap().to_path_buf())
+        .collect();
+    assert!(
+        all.iter()
+            .all(|f| f.starts_with("objects") || f.starts_with("runs")),
+        "{all:?}"
+    );
+    assert!(!cache.join("tmp").exists() || files_under(&cache.join("tmp")).is_empty());
+    // Both come back from the one object.
+    std::fs::remove_file(ws.path("a.txt")).unwrap();
+    std::fs::remove_file(ws.path("b.txt")).unwrap();
+    let out = ws.pipe(&["build"]);
+    out.ok();
+    assert!(out.stderr.contains("2 restored"), "{}", out.stderr);
+    assert_eq!(ws.read("a.txt"), "same\n");
+    assert_eq!(ws.read("b.txt"), "same\n");
+}

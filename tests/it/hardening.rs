@@ -473,6 +473,9 @@ fn gc_and_the_next_build_sweep_temp_files_of_dead_writers_and_keep_live_ones() {
         ws.path(&format!(".pipe/cache/tmp/.tmp-{me}9")),
     ];
     for l in &live {
+        // A build that stored only files made no `.pipe/cache/tmp` (objects are written
+        // unnamed, then linked): a writer of a folder's tree would have.
+        std::fs::create_dir_all(l.parent().unwrap()).unwrap();
         std::fs::write(l, "live").unwrap();
     }
     let mut dead = plant_litter(&ws, dead_pid());
