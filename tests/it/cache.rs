@@ -651,7 +651,7 @@ outs = ["b.txt"]
     assert_eq!(std::fs::metadata(&obj).unwrap().mode() & 0o777, 0o444);
     // Every file in the cache is a named object or entry: nothing half-written, no temp file.
     let objects: Vec<PathBuf> = files_under(&cache.join("objects"));
-    assert_eq!(objects, [obj.clone()], "{objects:?}");
+    assert_eq!(objects, std::slice::from_ref(&obj), "{objects:?}");
     let all: Vec<PathBuf> = files_under(&cache)
         .iter()
         .map(|f| f.strip_prefix(&cache).unwrap().to_path_buf())
