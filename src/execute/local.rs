@@ -1,5 +1,6 @@
-//! The local executor: each command through `sh -c` in its own process group, output to
-//! the stage log.
+//! The local executor: each command in its own process group, output to the stage log;
+//! through `sh -c`, or started directly when the shell would only run one program (see
+//! [`super::direct`]).
 
 use super::control::{Control, GRACE, GroupEvent};
 use super::executor::{Attempt, Executor, RunSpec};
@@ -55,24 +56,29 @@ fn run_one(spec: &RunSpec, cmd: &str, control: &Control) -> Result<Attempt> {
         .append(true)
         .open(&spec.log)
         .with_context(|| format!("cannot open log {}", spec.log.display()))?;
-    let err = log.try_clone().context("cannot share the log file")?;
-    let mut command = Command::new(shell());
-    command
-        .arg("-c")
-        .arg(cmd)
-        .current_dir(&spec.cwd)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(err))
-        .process_group(0);
-    let mut child = command.spawn().with_context(|| {
-        format!(
-            "cannot start `sh -c` for stage `{}` in {}",
-            spec.stage,
-            spec.cwd.display()
-        )
-    })?;
+    let mut child = match start_direct(spec, cmd, &log) {
+        Some(child) => child,
+        None => {
+            let err = log.try_clone().context("cannot share the log file")?;
+            Command::new(shell())
+                .arg("-c")
+                .arg(cmd)
+                .current_dir(&spec.cwd)
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(err))
+                .process_group(0)
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "cannot start `sh -c` for stage `{}` in {}",
+                        spec.stage,
+                        spec.cwd.display()
+                    )
+                })?
+        }
+    };
     let pg = child.id() as i32;
     control.pgid.store(pg, Ordering::SeqCst);
     control.group(GroupEvent::Started(pg));
@@ -111,6 +117,45 @@ fn run_one(spec: &RunSpec, cmd: &str, control: &Control) -> Result<Attempt> {
         exit_code: status.code(),
         failure,
     })
+}
+
+/// Start `cmd` without a shell when it is one program with plain words and simple
+/// redirections (opened here in the order written, as the shell would); `None` when it
+/// needs a shell, or when a redirection or the start fails (the shell then runs it and says
+/// what went wrong in its own words). The program gets what `sh` would pass on: the same
+/// environment, with `PWD` the folder it runs in.
+fn start_direct(spec: &RunSpec, cmd: &str, log: &std::fs::File) -> Option<std::process::Child> {
+    let d = super::direct::parse(cmd)?;
+    if spec.env.iter().any(|(k, _)| k == "PATH") {
+        return None;
+    }
+    let program = super::direct::lookup(d.words[0], std::env::var_os("PATH").as_ref())?;
+    let (mut stdin, mut stdout) = (None, None);
+    for &r in &d.redirects {
+        let f = super::direct::open(r, &spec.cwd).ok()?;
+        match r {
+            super::direct::Redirect::In(_) => stdin = Some(f),
+            super::direct::Redirect::Out { .. } => stdout = Some(f),
+        }
+    }
+    let stdout = match stdout {
+        Some(f) => f,
+        None => log.try_clone().ok()?,
+    };
+    let child = Command::new(&program)
+        .arg0(d.words[0])
+        .args(&d.words[1..])
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("PWD", &spec.cwd)
+        .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(log.try_clone().ok()?))
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    tracing::trace!(stage = %spec.stage, program = %program.display(), "started without a shell");
+    Some(child)
 }
 
 /// Append a line to a stage log (attempt headers, pipe's own notes).

@@ -4,6 +4,7 @@
 //! identical outs leaves the downstream up to date.
 
 pub mod control;
+mod direct;
 mod dispatch;
 mod env;
 pub mod executor;

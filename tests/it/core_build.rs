@@ -1063,3 +1063,80 @@ fn a_noop_build_writes_nothing_but_still_drops_lock_entries_of_removed_stages() 
         "{lock}"
     );
 }
+
+/// A command that is one program with plain words and `<` / `>` runs without `sh` (see
+/// `docs/pipeline-toml.md`): it must behave exactly as under `sh -c`.
+#[test]
+fn a_plain_command_runs_as_the_shell_would_run_it() {
+    let ws = Ws::new(
+        r#"
+[stages.upper]
+cmd = "tr a-z A-Z < in.txt > out/upper.txt"
+deps = ["in.txt"]
+outs = ["out/upper.txt"]
+
+[stages.env]
+cmd = "env > ../env.txt"
+wdir = "sub"
+deps = ["out/upper.txt"]
+outs = ["env.txt"]
+env = { GREETING = "hi" }
+
+[stages.appended]
+cmd = "cat in.txt >> app.txt"
+deps = ["in.txt"]
+outs = ["app.txt"]
+"#,
+    );
+    ws.write("in.txt", "hello\n");
+    ws.write("sub/.keep", "");
+    ws.write("app.txt", "old\n");
+    // Run from another folder (`-C`): the program's PWD is its own folder, as sh's would be.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::harness::bin())
+        .args(["-C", ws.root().to_str().unwrap(), "build"])
+        .current_dir(elsewhere.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(ws.read("out/upper.txt"), "HELLO\n");
+    let env = ws.read("env.txt");
+    assert!(env.contains("PIPE_STAGE=env\n"), "{env}");
+    assert!(env.contains("GREETING=hi\n"), "{env}");
+    let pwd = env.lines().find_map(|l| l.strip_prefix("PWD=")).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(pwd).unwrap(),
+        std::fs::canonicalize(ws.path("sub")).unwrap(),
+        "{env}"
+    );
+    // `>>` appends (the old out was removed before the stage ran, so only this run's line).
+    assert_eq!(ws.read("app.txt"), "hello\n");
+}
+
+#[test]
+fn a_plain_command_that_cannot_start_fails_with_the_shells_words_and_code() {
+    // A missing input: sh's "cannot open" and exit 2; the out named after it is untouched.
+    let ws = Ws::new(
+        r#"
+[stages.a]
+cmd = "tr a-z A-Z < missing.txt > a.txt"
+outs = ["a.txt"]
+"#,
+    );
+    ws.pipe(&["build"]).code(1).err_has("exited with code 2");
+    let log = std::fs::read_to_string(ws.last_run_dir().join("logs/a.log")).unwrap();
+    assert!(log.contains("missing.txt"), "{log}");
+    assert!(!ws.exists("a.txt"));
+    // A program that is not on PATH: sh's "not found" and exit 127.
+    let ws = Ws::new(
+        r#"
+[stages.a]
+cmd = "no-such-program-here --flag > a.txt"
+outs = ["a.txt"]
+"#,
+    );
+    ws.pipe(&["build"]).code(1).err_has("exited with code 127");
+    let log = std::fs::read_to_string(ws.last_run_dir().join("logs/a.log")).unwrap();
+    assert!(log.contains("not found"), "{log}");
+}
