@@ -296,12 +296,22 @@ w2() {
     strace -f -e trace=openat,mkdir,rename,unlink,clone,clone3,execve -o "$WORK/w2.strace" \
         "$PIPE" -q build -j 2 >/dev/null 2>&1 || true
     local created logs objects mkdirs threads
-    created=$(grep 'O_CREAT' "$WORK/w2.strace" | grep -vc '"out/\|all.txt"' || true)
+    # Outs are opened by pipe itself for a plain `> out` line (absolute path) or by `sh`.
+    created=$(grep 'O_CREAT\|O_TMPFILE' "$WORK/w2.strace" | grep -vc '"out/\|/out/[^"]*"\|all.txt"' || true)
     logs=$(grep 'O_CREAT' "$WORK/w2.strace" | grep -c '/logs/[^"]*\.log"' || true)
-    objects=$(grep 'O_CREAT' "$WORK/w2.strace" | grep -c '/cache/tmp/' || true)
+    objects=$(grep 'O_CREAT\|O_TMPFILE' "$WORK/w2.strace" | grep -c '/cache/tmp/\|/cache/objects/' || true)
     mkdirs=$(grep -c 'mkdir(' "$WORK/w2.strace" || true)
     threads=$(grep -c 'CLONE_THREAD' "$WORK/w2.strace" || true)
-    note "- W2 first build under strace: pipe created $created files besides the outs for $((W2_STAGES + 1)) stages ($(python3 -c "print(round($created / ($W2_STAGES + 1), 2))") per stage): $logs stage logs, $objects cache objects (each through a temporary file) and $((created - logs - objects)) files of the build itself (the lock's rewrites, once a second, the run's records, the markers' journal, the run-cache pack, the stat cache). It made $mkdirs mkdir calls and started $threads threads."
+    note "- W2 first build under strace: pipe created $created files besides the outs for $((W2_STAGES + 1)) stages ($(python3 -c "print(round($created / ($W2_STAGES + 1), 2))") per stage): $logs stage logs, $objects cache objects (each an unnamed file linked under its name) and $((created - logs - objects)) files of the build itself (the lock's rewrites, once a second, the run's records, the markers' journal, the run-cache pack, the stat cache). It made $mkdirs mkdir calls and started $threads threads."
+
+    # Like for like with make: pipe starts a plain line (one program, plain words, \`<\`/\`>\`)
+    # without a shell, which make does only for lines without redirections. Here a trailing
+    # comment makes every line need \`sh\`, which then forks and execs \`tr\` as under make.
+    log "W2: pipe with every line through sh"
+    mkdir -p "$d/shell" && cp -al "$d/pipe/in" "$d/shell/in"
+    sed 's/^\(cmd = ".*\)"$/\1 # sh"/' "$d/pipe/Pipeline.toml" >"$d/shell/Pipeline.toml"
+    cd "$d/shell"
+    hf w2.first_sh pipe "$RUNS_SLOW" "$RESET .pipe Pipeline.lock out all.txt" "$PIPE -q build -j 2"
 
     # Features on: the same pipeline with a hook and \`--follow\` (streaming every line),
     # against the plain build above; history (run records, pruning) is always on.

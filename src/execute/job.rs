@@ -151,7 +151,11 @@ impl Job<'_> {
             } else {
                 full.parent()
             };
+            // A `stat` first: `create_dir_all` starts with a `mkdir`, which locks the parent
+            // folder for writing even when the folder exists (as it does for all but the
+            // first stage writing there).
             if let Some(d) = dir
+                && !d.is_dir()
                 && let Err(e) = std::fs::create_dir_all(d)
             {
                 return Outcome::Failed(StageFailure::Outs {
