@@ -34,14 +34,19 @@ pub enum Redirect<'a> {
     Out { file: &'a str, append: bool },
 }
 
-/// Shell builtins and keywords (dash's and POSIX's): these mean something else, or exist
-/// only, inside a shell, so their lines always go through `sh`.
+/// Shell builtins and keywords (POSIX's, dash's, and bash's for a `/bin/sh` that is bash):
+/// these mean something else, or exist only, inside a shell, so their lines always go
+/// through `sh`.
+#[rustfmt::skip]
 const SHELL_WORDS: &[&str] = &[
-    "!", ".", ":", "[", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done",
-    "echo", "elif", "else", "esac", "eval", "exec", "exit", "export", "false", "fc", "fg", "fi",
-    "for", "getopts", "hash", "if", "in", "jobs", "kill", "local", "printf", "pwd", "read",
-    "readonly", "return", "set", "shift", "test", "then", "times", "trap", "true", "type",
-    "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+    "!", ".", ":", "[", "[[", "alias", "bg", "break", "builtin", "caller", "case", "cd",
+    "command", "continue", "coproc", "declare", "dirs", "disown", "do", "done", "echo", "elif",
+    "else", "enable", "esac", "eval", "exec", "exit", "export", "false", "fc", "fg", "fi",
+    "for", "function", "getopts", "hash", "help", "history", "if", "in", "jobs", "kill", "let",
+    "local", "logout", "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray",
+    "readonly", "return", "select", "set", "shift", "shopt", "source", "suspend", "test",
+    "then", "time", "times", "trap", "true", "type", "typeset", "ulimit", "umask", "unalias",
+    "unset", "until", "wait", "while",
 ];
 
 /// A byte the shell takes literally in an unquoted word, in every position.
@@ -214,6 +219,8 @@ mod tests {
             "   ",
             "echo hi > out.txt",
             "true",
+            "time python3 train.py",
+            "source env.sh",
             "exit 3",
             "cd sub",
             "[ -f x ]",

@@ -100,7 +100,8 @@ enum Item {
 
 /// `remote cache <url>: <what went wrong>`, with a hint for the two usual causes.
 fn explain(url: &str, text: &str) -> String {
-    let hint = if text.contains("403")
+    // "HTTP 403", not any "403": an endpoint's port may hold those digits (127.0.0.1:40333).
+    let hint = if text.contains("HTTP 403")
         || text.contains("SignatureDoesNotMatch")
         || text.contains("InvalidAccessKeyId")
         || text.contains("AccessDenied")
@@ -760,6 +761,14 @@ mod tests {
         assert_eq!(
             explain("s3://b", "HTTP 500"),
             "remote cache s3://b: HTTP 500"
+        );
+        // A port with 403 in it is no access problem.
+        assert!(
+            explain(
+                "s3://b",
+                "LIST p/: connection to 127.0.0.1:40333 failed (3 attempts): io: Connection refused"
+            )
+            .ends_with("is `endpoint` right?)")
         );
     }
 }
