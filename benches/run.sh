@@ -36,11 +36,11 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 if ((QUICK)); then
     W1_FILES=10000 W1_DIRS=20 W2_STAGES=100 W3_COUNT=2 W3_MIB=64 W4_STAGES=4 W6_FILES=50000
     W5_GROUPS=50 CACHE_MIB=128
-    RUNS_FAST=3 RUNS_SLOW=1 PEER_FAST=2 PEER_SLOW=1 CAP=60
+    RUNS_FAST=3 RUNS_SLOW=1 RUNS_ALT=2 PEER_FAST=2 PEER_SLOW=1 CAP=60
 else
     W1_FILES=100000 W1_DIRS=100 W2_STAGES=1000 W3_COUNT=4 W3_MIB=512 W4_STAGES=8 W6_FILES=1000000
     W5_GROUPS=500 CACHE_MIB=1024
-    RUNS_FAST=10 RUNS_SLOW=3 PEER_FAST=3 PEER_SLOW=1 CAP=150
+    RUNS_FAST=10 RUNS_SLOW=3 RUNS_ALT=5 PEER_FAST=3 PEER_SLOW=1 CAP=150
 fi
 W4_IDEAL=$(((W4_STAGES + 1) / 2))
 
@@ -160,6 +160,49 @@ once() {
         kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/rss.txt")
         record "$rss_id" "$tool" "$(python3 -c "print(${kb:-0} / 1024)")" 1 "MB"
     fi
+}
+
+# alt RUNS ID TOOL DIR PREPARE CMD [ID TOOL DIR PREPARE CMD ...]: first builds timed in turn
+# (one run of each, then the next round; each after its PREPARE, in its DIR), so that the
+# drift of this VM over the minutes (a neighbour's load shows as steal time) hits every tool
+# alike; hyperfine would time all runs of one tool before the next. Records each median
+# wall time, and the median user + system CPU time (from /usr/bin/time) under ID.cpu.
+alt() {
+    local runs=$1
+    shift
+    local -a ids=() tools=() dirs=() preps=() cmds=()
+    while (($# >= 5)); do
+        ids+=("$1") tools+=("$2") dirs+=("$3") preps+=("$4") cmds+=("$5")
+        shift 5
+    done
+    local -A walls=() cpus=() failed=()
+    local r k t0 t1 key
+    for ((r = 0; r < runs; r++)); do
+        for k in "${!ids[@]}"; do
+            key="${ids[k]} ${tools[k]}"
+            (cd "${dirs[k]}" && bash -c "${preps[k]}") >/dev/null 2>&1
+            t0=$(date +%s.%N)
+            if ! (cd "${dirs[k]}" && /usr/bin/time -f "%U %S" -o "$WORK/alt.cpu" bash -c "exec ${cmds[k]}") >>"$WORK/once.log" 2>&1; then
+                failed[$key]=1
+            fi
+            t1=$(date +%s.%N)
+            walls[$key]+="$(python3 -c "print($t1 - $t0)") "
+            cpus[$key]+="$(awk '{print $1 + $2}' "$WORK/alt.cpu") "
+        done
+    done
+    local med='import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))'
+    for k in "${!ids[@]}"; do
+        key="${ids[k]} ${tools[k]}"
+        if [[ -n ${failed[$key]:-} ]]; then
+            record "${ids[k]}" "${tools[k]}" "" "$runs" "failed"
+            log "  ${ids[k]} ${tools[k]} failed (see $WORK/once.log)"
+            continue
+        fi
+        # shellcheck disable=SC2086
+        record "${ids[k]}" "${tools[k]}" "$(python3 -c "$med" ${walls[$key]})" "$runs"
+        # shellcheck disable=SC2086
+        record "${ids[k]}.cpu" "${tools[k]}" "$(python3 -c "$med" ${cpus[$key]})" "$runs"
+    done
 }
 
 # rss ID TOOL CMD...: peak resident memory (MB) of one run, via /usr/bin/time -v.
@@ -286,9 +329,28 @@ w2() {
     python3 "$BENCHES/gen.py" w2 "$d" --stages "$W2_STAGES"
     sleep 1
 
+    # The pipeline again with a hook and \`--follow\` (streaming every line: features on);
+    # and with every line through \`sh\` (pipe starts a plain line, one program with plain
+    # words and \`<\`/\`>\`, without a shell, which make does only for lines without
+    # redirections; a trailing comment makes each line need \`sh\`, which then forks and
+    # execs \`tr\` as under make: pipe's own cost, like for like).
+    mkdir -p "$d/feat" && cp -al "$d/pipe/in" "$d/feat/in" && cp "$d/pipe/Pipeline.toml" "$d/feat/"
+    printf '\n[hooks]\non_success = "true"\n' >>"$d/feat/Pipeline.toml"
+    mkdir -p "$d/shell" && cp -al "$d/pipe/in" "$d/shell/in"
+    sed 's/^\(cmd = ".*\)"$/\1 # sh"/' "$d/pipe/Pipeline.toml" >"$d/shell/Pipeline.toml"
+
+    log "W2: first builds of pipe, make, pipe through sh, pipe with features, in turn"
+    local preset=".pipe Pipeline.lock out all.txt"
+    alt "$RUNS_ALT" \
+        w2.first pipe "$d/pipe" "$RESET $preset" "$PIPE -q build -j 2" \
+        w2.first make "$d/make" "$RESET out all.txt" "make -s -j2" \
+        w2.first_sh pipe "$d/shell" "$RESET $preset" "$PIPE -q build -j 2" \
+        w2.first features "$d/feat" "$RESET $preset" "$PIPE -q build -j 2 --follow"
+    cpu() { awk -F'\t' -v i="$1" -v t="$2" '$1 == i && $2 == t {v = $3} END {printf "%.2f", v}' "$RES"; }
+    note "- W2 first builds were timed in turn ($RUNS_ALT rounds of pipe, make, pipe through \`sh\`, pipe with features, each after its reset). CPU time (user + system, median): pipe $(cpu w2.first.cpu pipe) s, make $(cpu w2.first.cpu make) s, pipe through \`sh\` $(cpu w2.first_sh.cpu pipe) s, pipe with features $(cpu w2.first.cpu features) s."
+
     log "W2: pipe"
     cd "$d/pipe"
-    hf w2.first pipe "$RUNS_SLOW" "$RESET .pipe Pipeline.lock out all.txt" "$PIPE -q build -j 2"
     IGNORE=1 WARM=2 hf w2.status pipe "$RUNS_FAST" "" "$PIPE -q status"
     WARM=1 hf w2.build pipe "$RUNS_FAST" "" "$PIPE -q build -j 2"
     # What a first build creates besides the stages' outs (strace, fresh folders).
@@ -304,28 +366,14 @@ w2() {
     threads=$(grep -c 'CLONE_THREAD' "$WORK/w2.strace" || true)
     note "- W2 first build under strace: pipe created $created files besides the outs for $((W2_STAGES + 1)) stages ($(python3 -c "print(round($created / ($W2_STAGES + 1), 2))") per stage): $logs stage logs, $objects cache objects (each an unnamed file linked under its name) and $((created - logs - objects)) files of the build itself (the lock's rewrites, once a second, the run's records, the markers' journal, the run-cache pack, the stat cache). It made $mkdirs mkdir calls and started $threads threads."
 
-    # Like for like with make: pipe starts a plain line (one program, plain words, \`<\`/\`>\`)
-    # without a shell, which make does only for lines without redirections. Here a trailing
-    # comment makes every line need \`sh\`, which then forks and execs \`tr\` as under make.
-    log "W2: pipe with every line through sh"
-    mkdir -p "$d/shell" && cp -al "$d/pipe/in" "$d/shell/in"
-    sed 's/^\(cmd = ".*\)"$/\1 # sh"/' "$d/pipe/Pipeline.toml" >"$d/shell/Pipeline.toml"
-    cd "$d/shell"
-    hf w2.first_sh pipe "$RUNS_SLOW" "$RESET .pipe Pipeline.lock out all.txt" "$PIPE -q build -j 2"
-
-    # Features on: the same pipeline with a hook and \`--follow\` (streaming every line),
-    # against the plain build above; history (run records, pruning) is always on.
+    # Features on, against the plain no-ops above; history (run records, pruning) is always on.
     log "W2: pipe with a hook and --follow"
-    mkdir -p "$d/feat" && cp -al "$d/pipe/in" "$d/feat/in" && cp "$d/pipe/Pipeline.toml" "$d/feat/"
-    printf '\n[hooks]\non_success = "true"\n' >>"$d/feat/Pipeline.toml"
     cd "$d/feat"
-    hf w2.first features "$RUNS_SLOW" "$RESET .pipe Pipeline.lock out all.txt" "$PIPE -q build -j 2 --follow"
     IGNORE=1 WARM=2 hf w2.status features "$RUNS_FAST" "" "$PIPE -q status"
     WARM=1 hf w2.build features "$RUNS_FAST" "" "$PIPE -q build -j 2 --follow"
 
     log "W2: make"
     cd "$d/make"
-    hf w2.first make "$RUNS_SLOW" "$RESET out all.txt" "make -s -j2"
     "$RESET" out all.txt
     strace -f -e trace=openat -o "$WORK/w2.make.strace" make -s -j2 >/dev/null 2>&1 || true
     note "- W2 first build under strace: make created $(grep 'O_CREAT' "$WORK/w2.make.strace" | grep -vc '"out/\|all.txt"' || true) files besides the outs."

@@ -120,6 +120,7 @@ impl Dispatch<'_> {
             let mut workers = super::workers::Workers::new(scope, tx.clone());
             let mut running: HashMap<usize, Arc<Control>> = HashMap::new();
             let mut tails: BTreeMap<usize, Tail> = BTreeMap::new();
+            let mut tailed = std::time::Instant::now();
             loop {
                 self.check_signals(&mut sched, &running, bus)?;
                 loop {
@@ -226,8 +227,13 @@ impl Dispatch<'_> {
                 for c in running.values() {
                     c.tick(GRACE);
                 }
-                for (&i, t) in &mut tails {
-                    emit_output(bus, &p.stages[i].name, t.lines())?;
+                // Running stages' logs are looked at once a tick, not after every message
+                // (a wide build sends two a stage); a stage's last lines come with its end.
+                if !tails.is_empty() && tailed.elapsed() >= TICK {
+                    tailed = std::time::Instant::now();
+                    for (&i, t) in &mut tails {
+                        emit_output(bus, &p.stages[i].name, t.lines())?;
+                    }
                 }
                 bus.tick()?;
             }

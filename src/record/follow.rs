@@ -2,7 +2,7 @@
 //! line and never mid-line. Used by `pipe build --follow`, the spinners' last line, and
 //! `pipe log --follow`.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::PathBuf;
 
 /// At most this much is read per call, so one chatty stage cannot stall the dispatcher.
@@ -10,7 +10,9 @@ const CHUNK: u64 = 1 << 20;
 
 pub struct Tail {
     path: PathBuf,
-    offset: u64,
+    /// The log, open once it exists: each look is then one `read` from where the last one
+    /// ended (not an open, a seek and a close).
+    file: Option<std::fs::File>,
     partial: Vec<u8>,
 }
 
@@ -18,24 +20,23 @@ impl Tail {
     pub fn new(path: PathBuf) -> Tail {
         Tail {
             path,
-            offset: 0,
+            file: None,
             partial: Vec::new(),
         }
     }
 
     /// The complete lines written since the last call (without their newline).
     pub fn lines(&mut self) -> Vec<String> {
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
+        if self.file.is_none() {
+            self.file = std::fs::File::open(&self.path).ok();
+        }
+        let Some(f) = &self.file else {
             return vec![];
         };
-        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+        let mut buf = Vec::new();
+        if f.take(CHUNK).read_to_end(&mut buf).is_err() {
             return vec![];
         }
-        let mut buf = Vec::new();
-        let Ok(n) = f.take(CHUNK).read_to_end(&mut buf) else {
-            return vec![];
-        };
-        self.offset += n as u64;
         self.partial.extend_from_slice(&buf);
         let mut out = Vec::new();
         while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
