@@ -165,15 +165,23 @@ pub fn lookup(program: &str, path: Option<&OsString>) -> Option<PathBuf> {
 
 /// Open a redirection's file as the shell would (`<` read; `>` create or truncate; `>>`
 /// create or append; new files 0666 less the umask), relative to the command's folder.
+/// A FIFO is refused: opening one waits for its other end, here before the stage has a
+/// process that a timeout or Ctrl-C could stop; the shell opens it inside the stage.
 pub fn open(r: Redirect<'_>, cwd: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::FileTypeExt;
+    let (Redirect::In(file) | Redirect::Out { file, .. }) = r;
+    let path = cwd.join(file);
+    if std::fs::metadata(&path).is_ok_and(|m| m.file_type().is_fifo()) {
+        return Err(std::io::Error::other("a FIFO: opened by the shell"));
+    }
     match r {
-        Redirect::In(file) => std::fs::File::open(cwd.join(file)),
-        Redirect::Out { file, append } => std::fs::OpenOptions::new()
+        Redirect::In(_) => std::fs::File::open(path),
+        Redirect::Out { append, .. } => std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .append(append)
             .truncate(!append)
-            .open(cwd.join(file)),
+            .open(path),
     }
 }
 
@@ -255,6 +263,23 @@ mod tests {
         ] {
             assert_eq!(parse(cmd), None, "{cmd:?}");
         }
+    }
+
+    #[test]
+    fn a_fifo_is_left_to_the_shell_instead_of_blocking_the_open() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = std::ffi::CString::new(d.path().join("f").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        // Without the check either open would wait for a writer / reader forever.
+        assert!(open(Redirect::In("f"), d.path()).is_err());
+        let out = Redirect::Out {
+            file: "f",
+            append: false,
+        };
+        assert!(open(out, d.path()).is_err());
+        std::fs::write(d.path().join("plain"), "x").unwrap();
+        assert!(open(Redirect::In("plain"), d.path()).is_ok());
     }
 
     #[test]
