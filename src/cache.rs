@@ -851,9 +851,10 @@ fn record_stat(stat: &StatCache, root: &Path, rel: &str, digest: &Digest) {
 
 /// Copy-on-write where the file system allows, else a copy. Once a clone has failed, the
 /// rest of the process copies at once: each failed attempt creates and removes a file.
+/// Set once a reflink failed: the cache's file system cannot clone, so copy at once.
+static NO_CLONE: AtomicBool = AtomicBool::new(false);
+
 fn clone_or_copy(src: &Path, dest: &Path) -> std::io::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static NO_CLONE: AtomicBool = AtomicBool::new(false);
     if NO_CLONE.load(Ordering::Relaxed) {
         return std::fs::copy(src, dest).map(drop);
     }
@@ -875,7 +876,6 @@ fn store_unnamed(src: &Path, dest: &Path) -> std::io::Result<bool> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
     static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
-    static NO_REFLINK: AtomicBool = AtomicBool::new(false);
     if UNSUPPORTED.load(Ordering::Relaxed) {
         return Ok(false);
     }
@@ -901,8 +901,8 @@ fn store_unnamed(src: &Path, dest: &Path) -> std::io::Result<bool> {
     // The mode a named object gets too, whatever the umask (a shared cache is read by all).
     to.set_permissions(std::fs::Permissions::from_mode(0o444))?;
     let from = std::fs::File::open(src)?;
-    if NO_REFLINK.load(Ordering::Relaxed) || reflink_copy::reflink_file(&from, &to).is_err() {
-        NO_REFLINK.store(true, Ordering::Relaxed);
+    if NO_CLONE.load(Ordering::Relaxed) || reflink_copy::reflink_file(&from, &to).is_err() {
+        NO_CLONE.store(true, Ordering::Relaxed);
         std::io::copy(&mut &from, &mut &to)?;
     }
     let name = |p: &[u8]| std::ffi::CString::new(p).map_err(std::io::Error::other);

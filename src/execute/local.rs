@@ -60,15 +60,12 @@ fn run_one(spec: &RunSpec, cmd: &str, control: &Control) -> Result<Attempt> {
         Some(child) => child,
         None => {
             let err = log.try_clone().context("cannot share the log file")?;
-            Command::new(shell())
+            stage_command(shell().as_ref(), spec)
                 .arg("-c")
                 .arg(cmd)
-                .current_dir(&spec.cwd)
-                .envs(spec.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(log))
                 .stderr(Stdio::from(err))
-                .process_group(0)
                 .spawn()
                 .with_context(|| {
                     format!(
@@ -119,6 +116,16 @@ fn run_one(spec: &RunSpec, cmd: &str, control: &Control) -> Result<Attempt> {
     })
 }
 
+/// `program` for `spec`'s stage: in its folder, with its environment, in a process group
+/// of its own.
+fn stage_command(program: &std::path::Path, spec: &RunSpec) -> Command {
+    let mut c = Command::new(program);
+    c.current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .process_group(0);
+    c
+}
+
 /// Start `cmd` without a shell when it is one program with plain words and simple
 /// redirections (opened here in the order written, as the shell would); `None` when it
 /// needs a shell, or when a redirection or the start fails (the shell then runs it and says
@@ -142,16 +149,13 @@ fn start_direct(spec: &RunSpec, cmd: &str, log: &std::fs::File) -> Option<std::p
         Some(f) => f,
         None => log.try_clone().ok()?,
     };
-    let child = Command::new(&program)
+    let child = stage_command(&program, spec)
         .arg0(d.words[0])
         .args(&d.words[1..])
-        .current_dir(&spec.cwd)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env("PWD", &spec.cwd)
         .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(log.try_clone().ok()?))
-        .process_group(0)
         .spawn()
         .ok()?;
     tracing::trace!(stage = %spec.stage, program = %program.display(), "started without a shell");

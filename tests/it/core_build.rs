@@ -1093,10 +1093,9 @@ outs = ["app.txt"]
     ws.write("app.txt", "old\n");
     // Run from another folder (`-C`): the program's PWD is its own folder, as sh's would be.
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(crate::harness::bin())
-        .args(["-C", ws.root().to_str().unwrap(), "build"])
+    let out = ws
+        .cmd(&["-C", ws.root().to_str().unwrap(), "build"])
         .current_dir(elsewhere.path())
-        .env("NO_COLOR", "1")
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
